@@ -1,0 +1,177 @@
+"""Wire models shared by the service, the CLI and the workers (JSON over HTTP).
+
+Separate models for what a client sends (``*Create``/``*Request``) and what the
+service returns (``*Public``/``*Response``). Nothing here imports TVM: traces,
+workloads and targets travel as plain JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+TargetJSON = dict[str, Any]
+"""A TVM target as a JSON dict, e.g. {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}."""
+
+
+class Role(str, Enum):
+    admin = "admin"
+    user = "user"
+    worker = "worker"
+
+
+class JobStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class CandidateState(str, Enum):
+    pending = "pending"
+    leased = "leased"
+    done = "done"
+    cancelled = "cancelled"
+
+
+# --- tokens ---------------------------------------------------------------
+
+
+class TokenCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: Role
+
+
+class TokenCreated(BaseModel):
+    id: int
+    name: str
+    role: Role
+    token: str = Field(description="Shown once; only its hash is stored.")
+
+
+# --- models ---------------------------------------------------------------
+
+
+class ModelPublic(BaseModel):
+    id: int
+    name: str
+    sha256: str
+    size_bytes: int
+    input_shapes: dict[str, list[int]]
+    created_at: datetime
+    created: bool = Field(True, description="False when the same bytes were already stored.")
+
+
+# --- jobs -----------------------------------------------------------------
+
+
+class JobCreate(BaseModel):
+    model_id: int
+    target: TargetJSON
+    trials: int = Field(64, ge=1, le=100_000, description="Measurement budget across all tasks.")
+    trials_per_round: int | None = Field(
+        None, ge=1, le=1024, description="Candidates per task per search round; default from settings."
+    )
+
+
+class TaskPublic(BaseModel):
+    id: int
+    name: str
+    workload_hash: str
+    weight: int
+    flops: float | None = None
+    trials_done: int
+    trials_valid: int
+    best_latency_s: float | None
+
+
+class JobPublic(BaseModel):
+    id: int
+    model_id: int
+    status: JobStatus
+    target: TargetJSON
+    target_key: str
+    trials: int
+    trials_done: int
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    tasks: list[TaskPublic] = []
+
+
+# --- workers and leases ---------------------------------------------------
+
+
+class WorkerRegister(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    hardware: dict[str, Any] = Field(default_factory=dict, description="Free-form: cpu, cores, gpu, os...")
+    target: TargetJSON
+
+
+class WorkerPublic(BaseModel):
+    id: int
+    name: str
+    target: TargetJSON
+    target_key: str
+
+
+class LeaseRequest(BaseModel):
+    worker_id: int
+    max_candidates: int = Field(8, ge=1, le=1024)
+
+
+class CandidateWire(BaseModel):
+    id: int
+    workload_hash: str
+    trace: Any = Field(description="MetaSchedule trace JSON: [instructions, decisions].")
+    args_info: Any = Field(description="MetaSchedule ArgInfo JSON list, e.g. [['TENSOR','float32',[128,128]], ...]")
+
+
+class LeaseResponse(BaseModel):
+    lease_id: int | None = Field(description="None when no work is waiting for this worker's target.")
+    expires_at: datetime | None = None
+    ttl_s: float
+    target: TargetJSON
+    candidates: list[CandidateWire] = []
+    workloads: dict[str, str] = Field(
+        default_factory=dict, description="workload hash -> tvm.ir.save_json(IRModule), one per workload in the batch."
+    )
+
+
+class HeartbeatRequest(BaseModel):
+    worker_id: int
+
+
+class HeartbeatResponse(BaseModel):
+    lease_id: int
+    expires_at: datetime
+
+
+class CandidateResult(BaseModel):
+    candidate_id: int
+    run_secs: list[float] | None = Field(None, description="All repeats, seconds; None when error is set.")
+    error: str | None = Field(None, description="Why the candidate failed: build error, wrong output, crash, timeout.")
+
+
+class ResultsReport(BaseModel):
+    worker_id: int
+    results: list[CandidateResult]
+
+
+class ResultsAck(BaseModel):
+    accepted: list[int] = Field(description="Candidate ids stored now.")
+    ignored: list[int] = Field(description="Duplicate or late reports: already measured or leased to another worker.")
+
+
+class ReleaseRequest(BaseModel):
+    worker_id: int
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str

@@ -1,0 +1,65 @@
+"""TVM targets as JSON dicts, canonicalised into a key.
+
+Measurements compare only within one key. The key is the sorted JSON of TVM's
+own export of the target, so two spellings of the same target share a key and
+an unknown kind or option is rejected with TVM's reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tunehub.errors import BadInput
+
+
+def _plain(obj: Any) -> Any:
+    """Turn TVM FFI containers (Map, Array, String) into JSON-able Python values."""
+    if isinstance(obj, (bool, int, float)) or obj is None:
+        return obj
+    if isinstance(obj, str):
+        return str(obj)
+    if hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or hasattr(obj, "__len__") and hasattr(obj, "__getitem__"):
+        return [_plain(v) for v in obj]
+    kind = getattr(obj, "name", None)  # TargetKind
+    if kind is not None:
+        return str(kind)
+    return str(obj)
+
+
+def canonical_target(target: dict[str, Any] | str) -> tuple[dict[str, Any], str]:
+    """Validate a target and return (canonical JSON dict, key).
+
+    Raises BadInput with TVM's message for an unknown kind or option.
+    """
+    from tvm.target import Target  # heavy; only where used
+
+    if isinstance(target, str):
+        try:
+            target = json.loads(target)
+        except json.JSONDecodeError:
+            target = {"kind": target}
+    if not isinstance(target, dict) or "kind" not in target:
+        raise BadInput(f"target must be a JSON object with a 'kind', e.g. {{\"kind\": \"llvm\"}}; got {target!r}")
+    try:
+        tvm_target = Target(target)
+    except Exception as exc:  # TVM raises ValueError/TVMError with a useful message
+        raise BadInput(f"unknown or invalid target {json.dumps(target)}: {exc}") from None
+    exported = _plain(tvm_target.export())
+    if exported.get("tag") == "":
+        del exported["tag"]  # TVM adds an empty tag; leave it out of the key
+    key = json.dumps(exported, sort_keys=True, separators=(",", ":"))
+    return exported, key
+
+
+def target_label(target: dict[str, Any]) -> str:
+    """A short human label, e.g. 'llvm znver3 x2' or 'cuda sm_90'."""
+    parts = [str(target.get("kind", "?"))]
+    for field in ("mcpu", "arch", "mtriple"):
+        if target.get(field):
+            parts.append(str(target[field]))
+    if target.get("num-cores"):
+        parts.append(f"x{target['num-cores']}")
+    return " ".join(parts)
