@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8470
 
+    # Clients (CLI, workers): where the service is and who we are.
+    server: str = Field("http://127.0.0.1:8470", description="Service URL for the CLI and workers.")
+    token: str | None = Field(None, description="API token for the CLI and workers.")
+
     # Queue
     lease_ttl_s: float = Field(60.0, gt=0, description="A lease expires this long after its last heartbeat.")
     max_lease_candidates: int = Field(64, gt=0)

@@ -1,0 +1,28 @@
+# tunehub: the two README commands are `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench models clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)  ## start a service + worker here, tune the example models, print tuned vs untuned
+	$(BIN)/tunehub demo
+
+test: $(STAMP)  ## the whole suite (SQLite and PostgreSQL, real TVM, real processes)
+	$(BIN)/python -m pytest -ra
+
+test-fast: $(STAMP)  ## skip the slow end-to-end tests
+	$(BIN)/python -m pytest -ra -m "not slow"
+
+models: $(STAMP)  ## regenerate examples/*.onnx
+	$(BIN)/python examples/make_models.py examples
+
+clean:
+	rm -rf $(VENV) tunehub-demo tunehub-data .pytest_cache

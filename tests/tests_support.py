@@ -1,0 +1,31 @@
+"""Small helpers shared by the tests (polling, paths)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def wait_for(
+    probe: Callable[[], T],
+    *,
+    timeout_s: float,
+    what: str,
+    poll_s: float = 0.5,
+    on_timeout: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` (and logs) on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = "\n" + on_timeout() if on_timeout else ""
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{extra}")
+        time.sleep(poll_s)

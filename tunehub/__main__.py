@@ -1,0 +1,3 @@
+from tunehub.cli import app
+
+app()

@@ -1,0 +1,307 @@
+"""The ``tunehub`` command line: serve, tuner, worker, submit, status, configs, compile, demo.
+
+Every room is imported inside the command that needs it, so ``tunehub --help``
+and a worker's start stay fast (no TVM, FastAPI or SQLAlchemy at import).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunehub.logs import setup_logging
+from tunehub.settings import get_settings
+
+app = typer.Typer(help="tunehub: an autotuning service for TVM over your lab's hardware.", no_args_is_help=True)
+token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+console = Console()
+
+ServerOpt = Annotated[Optional[str], typer.Option("--server", help="Service URL (env TUNEHUB_SERVER).")]
+TokenOpt = Annotated[Optional[str], typer.Option("--token", help="API token (env TUNEHUB_TOKEN).")]
+
+
+def _client(server: str | None, token: str | None):  # type: ignore[no-untyped-def]
+    from tunehub.client import TunehubClient
+
+    settings = get_settings()
+    token = token or settings.token
+    if token is None:
+        path = settings.data_dir / "admin_token"
+        if path.exists():  # on the service's own machine the admin token is at hand
+            token = path.read_text().strip()
+    return TunehubClient(server or settings.server, token)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1)
+
+
+def _on_sigterm(stop: Any) -> None:
+    """Route SIGTERM/SIGINT to a daemon's idempotent stop(); main thread only."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _parse_shapes(shapes: list[str] | None) -> dict[str, list[int]] | None:
+    """``["x=1,3,32,32"]`` → ``{"x": [1, 3, 32, 32]}``."""
+    if not shapes:
+        return None
+    out: dict[str, list[int]] = {}
+    for item in shapes:
+        name, _, dims = item.partition("=")
+        try:
+            out[name] = [int(d) for d in dims.split(",") if d]
+        except ValueError:
+            raise typer.BadParameter(f"--shape wants name=d0,d1,...; got {item!r}") from None
+    return out
+
+
+def _target(target: str) -> dict[str, Any]:
+    """A target JSON dict, or 'local' for this machine's CPU."""
+    if target == "local":
+        from workers.detect import detect_cpu_target
+
+        return detect_cpu_target()
+    try:
+        value = json.loads(target)
+    except json.JSONDecodeError:
+        value = {"kind": target}
+    if not isinstance(value, dict):
+        raise typer.BadParameter('--target wants a JSON object like {"kind":"llvm","num-cores":4} or "local"')
+    return value
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (env TUNEHUB_HOST).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (env TUNEHUB_PORT).")] = None,
+    tuner: Annotated[bool, typer.Option("--tuner/--no-tuner", help="Also run a tuner process (embedded mode).")] = True,
+) -> None:
+    """Run the API (and, by default, a tuner process beside it)."""
+    import uvicorn
+
+    from service.app import create_app
+    from tunehub.processes import spawn, stop
+
+    setup_logging()
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    api = create_app(settings)
+    child = None
+    if tuner:
+        child = spawn(["tuner"], die_with_parent=True)
+    try:
+        uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
+    finally:
+        if child is not None:
+            stop(child)
+
+
+@app.command("tuner")
+def tuner_cmd() -> None:
+    """Run search loops: claim queued jobs from the database and drive their searches."""
+    from tuner.daemon import TunerDaemon
+
+    setup_logging()
+    daemon = TunerDaemon(get_settings())
+    _on_sigterm(daemon.stop)
+    daemon.run()
+
+
+@app.command()
+def worker(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    target: Annotated[Optional[str], typer.Option(help="Target JSON to serve instead of the detected one.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Worker name (default: hostname).")] = None,
+    max_candidates: Annotated[int, typer.Option(help="Candidates per lease.")] = 8,
+) -> None:
+    """Serve as a measuring worker: lease candidates, build, check, time, report."""
+    from workers.daemon import WorkerDaemon
+
+    setup_logging()
+    settings = get_settings()
+    if not (token or settings.token):
+        _fail(RuntimeError("a worker needs a token: --token or TUNEHUB_TOKEN (make one with `tunehub token create`)"))
+    daemon = WorkerDaemon(
+        server or settings.server,
+        token or settings.token,
+        target=_target(target) if target else None,
+        name=name,
+        max_candidates=max_candidates,
+    )
+    _on_sigterm(daemon.stop)
+    daemon.run()
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin, user or worker.")] = "worker",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Create a token (needs an admin token); prints it once."""
+    from tunehub.client import ApiError
+
+    try:
+        with _client(server, token) as client:
+            created = client.create_token(name, role)
+    except ApiError as exc:
+        _fail(exc)
+    console.print(created.token)
+
+
+@app.command()
+def submit(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An ONNX file.")],
+    target: Annotated[str, typer.Option(help='Target JSON, e.g. \'{"kind":"llvm","mcpu":"znver3","num-cores":8}\', or "local".')] = "local",
+    trials: Annotated[int, typer.Option(help="Measurement budget across the model's tasks.")] = 64,
+    shape: Annotated[Optional[list[str]], typer.Option(help="Input shape for symbolic dims: name=d0,d1,...")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow progress until the job ends.")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Upload a model and start a tuning job for a target."""
+    from tunehub.client import ApiError
+
+    try:
+        with _client(server, token) as client:
+            uploaded = client.upload_model(model, input_shapes=_parse_shapes(shape))
+            job = client.create_job(uploaded.id, _target(target), trials)
+            console.print(f"model {uploaded.id} ({uploaded.sha256[:12]}), job {job.id}: {len(job.tasks)} tasks")
+            if wait:
+                follow_job(client, job.id)
+    except ApiError as exc:
+        _fail(exc)
+
+
+def job_table(job: Any) -> Table:
+    """Progress of a job: trials per task and the best latency found so far."""
+    table = Table(title=f"job {job.id} [{job.status.value}] {job.trials_done}/{job.trials} trials")
+    for col in ("task", "weight", "trials", "valid", "best (ms)"):
+        table.add_column(col, justify="right" if col != "task" else "left")
+    for t in job.tasks:
+        best = f"{t.best_latency_s * 1e3:.4f}" if t.best_latency_s is not None else "-"
+        table.add_row(t.name, str(t.weight), str(t.trials_done), str(t.trials_valid), best)
+    return table
+
+
+def follow_job(client: Any, job_id: int, *, poll_s: float = 2.0, timeout_s: float | None = None) -> Any:
+    """Show live progress until the job is done, failed or cancelled; returns the final JobPublic."""
+    from rich.live import Live
+
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    job = client.job(job_id)
+    with Live(job_table(job), console=console, refresh_per_second=2, transient=not console.is_terminal) as live:
+        while job.status.value in ("queued", "running"):
+            if deadline and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+            job = client.job(job_id)
+            live.update(job_table(job))
+    if not console.is_terminal:
+        console.print(job_table(job))
+    return job
+
+
+@app.command()
+def status(
+    job: int,
+    watch: Annotated[bool, typer.Option(help="Follow until the job ends.")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show a job's progress: trials per task and best latency."""
+    from tunehub.client import ApiError
+
+    try:
+        with _client(server, token) as client:
+            if watch:
+                follow_job(client, job)
+            else:
+                console.print(job_table(client.job(job)))
+    except ApiError as exc:
+        _fail(exc)
+
+
+@app.command()
+def configs(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder to extract the MetaSchedule database into.")],
+    job: Annotated[Optional[int], typer.Option(help="Best configs for this job's tasks.")] = None,
+    model: Annotated[Optional[int], typer.Option(help="Best configs for this model ...")] = None,
+    target: Annotated[Optional[str], typer.Option(help="... on this target (JSON).")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Download the best configs as a MetaSchedule JSON database (loadable by ms.database.JSONDatabase)."""
+    from tuner.configs import extract_config_zip
+    from tunehub.client import ApiError
+
+    try:
+        with _client(server, token) as client:
+            data = client.download_configs(job=job, model=model, target=_target(target) if target else None)
+    except ApiError as exc:
+        _fail(exc)
+    path = extract_config_zip(data, out)
+    console.print(f"configs written to {path}")
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An ONNX file.")],
+    target: Annotated[str, typer.Option(help="Target JSON or 'local'.")] = "local",
+    configs_dir: Annotated[Optional[Path], typer.Option("--configs", help="Folder from `tunehub configs`.")] = None,
+    shape: Annotated[Optional[list[str]], typer.Option(help="Input shape: name=d0,d1,...")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the compiled library (.so).")] = None,
+    measure: Annotated[bool, typer.Option(help="Time the compiled model and print its median latency.")] = True,
+) -> None:
+    """Compile a model with downloaded configs (or untuned without them)."""
+    from tuner.compile import compile_model, measure_latency
+    from tuner.intake import inspect_onnx
+
+    content = model.read_bytes()
+    tgt = _target(target)
+    inputs = inspect_onnx(content, _parse_shapes(shape))
+    exe = compile_model(content, _parse_shapes(shape), tgt, configs_dir)
+    if out:
+        exe.export_library(str(out))
+        console.print(f"library written to {out}")
+    if measure:
+        console.print_json(json.dumps(measure_latency(exe, inputs, tgt)))
+
+
+@app.command()
+def demo(
+    trials: Annotated[int, typer.Option(help="Trial budget per model.")] = 64,
+    model: Annotated[Optional[list[str]], typer.Option(help="Example model(s): mlp, convnet (default both).")] = None,
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data and configs.")] = Path("tunehub-demo"),
+) -> None:
+    """Start a service and a worker here, tune the example models, and compare latency."""
+    from tunehub.demo import run_demo
+
+    setup_logging("WARNING")
+    code = run_demo(console, workdir=workdir, trials=trials, models=model or ["mlp", "convnet"])
+    raise typer.Exit(code)
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
