@@ -274,15 +274,21 @@ def compile_cmd(
     from tuner.compile import compile_model, measure_latency
     from tuner.intake import inspect_onnx
 
+    from tunehub.errors import TunehubError
+
     content = model.read_bytes()
     tgt = _target(target)
-    inputs = inspect_onnx(content, _parse_shapes(shape))
-    exe = compile_model(content, _parse_shapes(shape), tgt, configs_dir)
+    shapes = _parse_shapes(shape)
+    try:
+        inputs = inspect_onnx(content, shapes)
+        exe = compile_model(content, shapes, tgt, configs_dir)
+    except TunehubError as exc:
+        _fail(exc)
     if out:
         exe.export_library(str(out))
         console.print(f"library written to {out}")
     if measure:
-        console.print_json(json.dumps(measure_latency(exe, inputs, tgt)))
+        console.print_json(json.dumps(measure_latency(exe, inputs.shapes, inputs.dtypes, tgt)))
 
 
 @app.command()

@@ -64,20 +64,18 @@ def test_upload_tune_download_compile(stack, tmp_path: Path) -> None:
     assert len(db.get_all_tuning_records()) >= 1
 
     # compile_relax with it gives a model whose output matches the untuned model's.
-    from tuner.compile import compile_model, run_outputs
+    from tuner.compile import compile_model_stats, random_inputs, run_outputs
     from tuner.intake import inspect_onnx
 
     content = (EXAMPLES / "mlp.onnx").read_bytes()
-    shapes = inspect_onnx(content, None)
-    x = {name: np.random.default_rng(0).standard_normal(shape).astype("float32") for name, shape in _shape_items(shapes)}
-    tuned = run_outputs(compile_model(content, None, target, out), x)
-    untuned = run_outputs(compile_model(content, None, target, None), x)
-    for a, b in zip(tuned, untuned):
+    inputs = inspect_onnx(content, None)
+    x = random_inputs(inputs.shapes, inputs.dtypes, seed=1)
+    tuned = compile_model_stats(content, None, target, out)
+    assert tuned.functions_tuned >= 1, "compile_relax found tuned schedules in the downloaded database"
+    untuned = compile_model_stats(content, None, target, None)
+    assert untuned.functions_tuned == 0
+    for a, b in zip(run_outputs(tuned.exe, x, target), run_outputs(untuned.exe, x, target), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-def _shape_items(shapes):  # type: ignore[no-untyped-def]
-    return (shapes.shapes if hasattr(shapes, "shapes") else shapes).items()
 
 
 def test_service_killed_mid_job_and_restarted(stack) -> None:

@@ -1,0 +1,101 @@
+"""The app factory: ``create_app(settings)`` → a FastAPI app serving ``/api/v1``.
+
+Creating the app does the start-up work eagerly, so a bad database URL or an
+unwritable data dir fails before the server binds its port, and the admin
+token file exists by the time ``create_app`` returns (``tunehub serve`` can
+point at it):
+
+1. create ``data_dir``; migrate the database to head (idempotent, safe for
+   replicas starting together);
+2. build the engine and the session factory;
+3. bootstrap the admin token: ``settings.admin_token`` if set, else the one in
+   ``<data_dir>/admin_token``, else a new random one written there with mode
+   0600. Only its hash is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+
+import tunehub
+from db import catalog
+from db.engine import make_engine, make_sessionmaker, session_scope
+from db.migrate import upgrade
+from service.errors import install_error_handlers
+from service.routes import configs, health, jobs, leases, models, tokens, workers
+from tunehub.protocol import ErrorBody, Role
+from tunehub.settings import Settings, get_settings
+
+log = logging.getLogger("tunehub.service")
+
+API_PREFIX = "/api/v1"
+ADMIN_TOKEN_FILE = "admin_token"
+
+
+def admin_token_path(settings: Settings) -> Path:
+    """Where the generated admin token lives (unused when ``settings.admin_token`` is set)."""
+    return settings.data_dir / ADMIN_TOKEN_FILE
+
+
+def _admin_token(settings: Settings) -> str:
+    """The configured admin token, else the stored one, else a new one stored with mode 0600."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = admin_token_path(settings)
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    raw = secrets.token_urlsafe(32)
+    try:
+        # O_EXCL: two services starting on one data dir do not overwrite each other's token.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(raw + "\n")
+    log.warning("generated an admin token in %s", path)
+    return raw
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url()
+    upgrade(url)
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    with session_scope(factory) as session:
+        catalog.ensure_token(session, raw=_admin_token(settings), name="admin", role=Role.admin)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="tunehub",
+        version=tunehub.__version__,
+        description="An autotuning service for Apache TVM: submit models, lease candidates, download best configs.",
+        lifespan=lifespan,
+        responses={code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)},
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = factory
+    install_error_handlers(app)
+
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (health, tokens, models, jobs, workers, leases, configs):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app

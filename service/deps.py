@@ -1,0 +1,98 @@
+"""Request dependencies as ``Annotated`` aliases: the session, the caller's token, role checks.
+
+``SessionDep`` is one session per request with ``session_scope`` semantics:
+commit when the endpoint returns, roll back when it raises, always close. Its
+exit runs before the response is sent (``scope="function"``), so a client
+never sees a 2xx for a write that then failed to commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import catalog
+from db.engine import session_scope
+from db.models import Worker
+from tunehub.errors import Forbidden, Unauthorized
+from tunehub.protocol import Role
+from tunehub.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    with session_scope(factory) as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+_bearer = HTTPBearer(auto_error=False, description="A tunehub token: `Authorization: Bearer <token>`.")
+
+
+@dataclass(frozen=True)
+class AuthToken:
+    """The caller, as far as authorization cares."""
+
+    id: int
+    role: Role
+
+
+def current_token(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> AuthToken:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("missing token: send the header 'Authorization: Bearer <token>'")
+    found = catalog.verify_token(session, raw=credentials.credentials)
+    if found is None:
+        raise Unauthorized("unknown or revoked token")
+    return AuthToken(*found)
+
+
+CurrentToken = Annotated[AuthToken, Depends(current_token)]
+
+
+def require_roles(*roles: Role) -> Callable[[AuthToken], AuthToken]:
+    allowed = ", ".join(r.value for r in roles)
+
+    def check(token: CurrentToken) -> AuthToken:
+        if token.role not in roles:
+            raise Forbidden(f"this needs a token with role {allowed}; yours is {token.role.value}")
+        return token
+
+    return check
+
+
+AdminToken = Annotated[AuthToken, Depends(require_roles(Role.admin))]
+UserToken = Annotated[AuthToken, Depends(require_roles(Role.admin, Role.user))]
+WorkerToken = Annotated[AuthToken, Depends(require_roles(Role.admin, Role.worker))]
+
+
+def owned_worker(session: Session, token: AuthToken, worker_id: int) -> Worker:
+    """The worker, if the caller registered it (or is admin): one token cannot drive another's worker."""
+    worker = catalog.get_worker(session, worker_id=worker_id)
+    if token.role is not Role.admin and worker.token_id != token.id:
+        raise Forbidden(f"worker {worker_id} was registered with another token")
+    return worker
+
+
+def pause_transaction(session: Session) -> None:
+    """End the request's transaction before seconds of CPU work (parsing, TVM).
+
+    On SQLite every transaction takes the write lock at BEGIN (``db.engine``),
+    so holding one through model intake would stall every worker's lease. What
+    was read stays usable (``expire_on_commit=False``); the next query begins
+    a fresh transaction, which ``SessionDep`` commits or rolls back as usual.
+    """
+    session.commit()

@@ -1,0 +1,71 @@
+"""Jobs: "tune this model for this target with this many trials".
+
+Creating a job splits the model into tasks here (so a model TVM cannot handle
+is a 422 now, not a failed job later) and queues it; the tuner process picks
+it up from the database.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from db import catalog
+from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
+from tunehub.protocol import JobCreate, JobPublic, JobStatus
+from tunehub.targets import canonical_target
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=201)
+def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, _: UserToken) -> JobPublic:
+    """201 with the queued job and its tasks.
+
+    422 for an unknown target or a model TVM cannot split, 404 for an unknown model.
+    """
+    from tuner.intake import extract_workloads  # TVM: imported on first use
+
+    pause_transaction(session)  # the first canonical_target in a process imports TVM (seconds)
+    target_json, target_key = canonical_target(body.target)
+    model = catalog.get_model(session, model_id=body.model_id)
+    content, shapes = model.content, json.loads(model.input_shapes_json)
+    pause_transaction(session)  # model intake below takes seconds of TVM work
+    extracted = extract_workloads(content, shapes, target_json)
+    ids = catalog.upsert_workloads(session, extracted=extracted)
+    job_id = catalog.create_job(
+        session,
+        model_id=body.model_id,
+        target_json=target_json,
+        target_key=target_key,
+        trials=body.trials,
+        trials_per_round=body.trials_per_round or settings.num_trials_per_iter,
+        tasks=[(w.name, w.weight, ids[w.shash]) for w in extracted],
+    )
+    return catalog.job_public(session, job_id=job_id)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    _: CurrentToken,
+    model_id: int | None = None,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[JobPublic]:
+    """Newest first, with per-task progress."""
+    return catalog.list_jobs(session, model_id=model_id, status=status, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: int, session: SessionDep, _: CurrentToken) -> JobPublic:
+    return catalog.job_public(session, job_id=job_id)
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: int, session: SessionDep, _: UserToken) -> JobPublic:
+    """Cancel a queued or running job (409 otherwise); its unmeasured candidates are withdrawn."""
+    return catalog.cancel_job(session, job_id=job_id)

@@ -1,0 +1,64 @@
+"""Leases: workers pull candidates for their target, heartbeat, report, release.
+
+Every call names the worker; only the token that registered it (or an admin)
+may act for it. The queue rules (expiry, compare-and-set completion) live in
+``db.queue``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from db import catalog, queue
+from service.deps import SessionDep, SettingsDep, WorkerToken, owned_worker
+from tunehub.protocol import (
+    HeartbeatRequest,
+    HeartbeatResponse,
+    LeaseRequest,
+    LeaseResponse,
+    ReleaseRequest,
+    ResultsAck,
+    ResultsReport,
+)
+
+router = APIRouter(prefix="/leases", tags=["leases"])
+
+
+@router.post("")
+def lease(body: LeaseRequest, session: SessionDep, settings: SettingsDep, token: WorkerToken) -> LeaseResponse:
+    """Up to ``max_candidates`` (capped by the service) for the worker's target; ``lease_id`` null when none wait."""
+    worker = owned_worker(session, token, body.worker_id)
+    return catalog.lease_batch(
+        session,
+        worker=worker,
+        max_count=min(body.max_candidates, settings.max_lease_candidates),
+        ttl_s=settings.lease_ttl_s,
+    )
+
+
+@router.post("/{lease_id}/heartbeat")
+def heartbeat(
+    lease_id: int, body: HeartbeatRequest, session: SessionDep, settings: SettingsDep, token: WorkerToken
+) -> HeartbeatResponse:
+    """Extend the lease by the TTL; 409 ``lease_lost`` once it expired or was released."""
+    owned_worker(session, token, body.worker_id)
+    expires = queue.heartbeat(session, lease_id=lease_id, worker_id=body.worker_id, ttl_s=settings.lease_ttl_s)
+    return HeartbeatResponse(lease_id=lease_id, expires_at=expires)
+
+
+@router.post("/{lease_id}/results")
+def report_results(lease_id: int, body: ResultsReport, session: SessionDep, token: WorkerToken) -> ResultsAck:
+    """Store results, each candidate once; duplicates and late reports come back in ``ignored``.
+
+    The report is one transaction: one malformed result is a 422 and nothing
+    of the report is stored.
+    """
+    owned_worker(session, token, body.worker_id)
+    return queue.complete(session, lease_id=lease_id, worker_id=body.worker_id, results=body.results)
+
+
+@router.post("/{lease_id}/release")
+def release(lease_id: int, body: ReleaseRequest, session: SessionDep, token: WorkerToken) -> dict[str, int]:
+    """Hand the unfinished candidates back at once (a worker shutting down); ``{"released": n}``."""
+    owned_worker(session, token, body.worker_id)
+    return {"released": queue.release(session, lease_id=lease_id, worker_id=body.worker_id)}

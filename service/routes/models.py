@@ -1,0 +1,69 @@
+"""Models: ONNX uploads, stored once by sha256."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+
+from db import catalog
+from service.deps import CurrentToken, SessionDep, UserToken, pause_transaction
+from tunehub.errors import BadInput
+from tunehub.protocol import ModelPublic
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def _parse_shapes(text: str | None) -> dict[str, list[int]] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        shapes = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f'input_shapes is not valid JSON ({exc}); expected e.g. {{"x": [1, 3, 32, 32]}}') from None
+    if not isinstance(shapes, dict):
+        raise BadInput(f'input_shapes must be a JSON object like {{"x": [1, 3, 32, 32]}}, got {text[:200]!r}')
+    return shapes
+
+
+@router.post("", status_code=201, responses={200: {"model": ModelPublic, "description": "Same bytes already stored"}})
+def upload_model(
+    file: Annotated[UploadFile, File(description="The ONNX file.")],
+    session: SessionDep,
+    _: UserToken,
+    response: Response,
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    input_shapes: Annotated[str | None, Form(description='JSON, e.g. {"x": [1, 3, 32, 32]}')] = None,
+) -> ModelPublic:
+    """201 with the new model, or 200 (``created: false``) when these bytes are stored already."""
+    from tuner.intake import inspect_onnx  # onnx is heavy; imported on first upload
+
+    content = file.file.read()
+    if not content:
+        raise BadInput(f"the uploaded file {file.filename or ''!r} is empty")
+    shapes = _parse_shapes(input_shapes)
+    pause_transaction(session)
+    inputs = inspect_onnx(content, shapes)  # BadInput with the parser's reason
+    row, created = catalog.store_model(
+        session, name=name or file.filename or "model.onnx", content=content, input_shapes=inputs.shapes
+    )
+    if not created:
+        response.status_code = 200
+    return catalog.model_public(row, created=created)
+
+
+@router.get("")
+def list_models(
+    session: SessionDep,
+    _: CurrentToken,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ModelPublic]:
+    """Newest first."""
+    return catalog.list_models(session, limit=limit, offset=offset)
+
+
+@router.get("/{model_id}")
+def get_model(model_id: int, session: SessionDep, _: CurrentToken) -> ModelPublic:
+    return catalog.model_public(catalog.get_model(session, model_id=model_id, with_content=False))

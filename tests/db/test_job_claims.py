@@ -1,0 +1,163 @@
+"""Claiming jobs is a compare-and-set on the database's clock, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import db_now, session_scope
+from db.job_claims import claim_job, finish_job, job_heartbeat, job_status, release_job
+from db.models import Job, Model
+from tunehub.errors import BadInput
+
+
+def _job(factory: sessionmaker[Session], *, status: str = "queued") -> int:
+    with session_scope(factory) as s:
+        now = db_now(s)
+        model = Model(name="m", sha256=f"{time.monotonic_ns():064x}"[-64:], format="onnx", content=b"",
+                      size_bytes=0, input_shapes_json="{}", created_at=now)
+        s.add(model)
+        s.flush()
+        job = Job(model_id=model.id, target_json='{"kind":"llvm"}', target_key='{"kind":"llvm"}', trials=8,
+                  trials_per_round=4, status=status, created_at=now)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def _row(factory: sessionmaker[Session], job_id: int) -> Job:
+    with session_scope(factory) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        s.expunge(job)
+        return job
+
+
+def test_claim_heartbeat_finish(session_factory: sessionmaker[Session]) -> None:
+    job_id = _job(session_factory)
+    with session_scope(session_factory) as s:
+        assert claim_job(s, owner="a", grace_s=10) == job_id
+    job = _row(session_factory, job_id)
+    assert (job.status, job.tuner_owner) == ("running", "a")
+    assert job.started_at is not None and job.tuner_heartbeat_at is not None
+    with session_scope(session_factory) as s:
+        assert claim_job(s, owner="b", grace_s=10) is None  # fresh heartbeat: not claimable
+        assert job_heartbeat(s, job_id=job_id, owner="a")
+        assert not job_heartbeat(s, job_id=job_id, owner="b")
+        with pytest.raises(BadInput):
+            finish_job(s, job_id=job_id, owner="a", status="queued")
+        assert not finish_job(s, job_id=job_id, owner="b", status="done")
+        assert finish_job(s, job_id=job_id, owner="a", status="failed", error="RuntimeError('x')")
+        assert not job_heartbeat(s, job_id=job_id, owner="a")  # finished: stop working on it
+    job = _row(session_factory, job_id)
+    assert (job.status, job.error) == ("failed", "RuntimeError('x')")
+    assert job.finished_at is not None
+
+
+def test_two_owners_one_wins(session_factory: sessionmaker[Session]) -> None:
+    job_id = _job(session_factory)
+    barrier = threading.Barrier(4)
+    won: list[tuple[str, int | None]] = []
+
+    def claim(owner: str) -> None:
+        barrier.wait()
+        with session_scope(session_factory) as s:
+            won.append((owner, claim_job(s, owner=owner, grace_s=10)))
+
+    threads = [threading.Thread(target=claim, args=(f"t{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [owner for owner, got in won if got == job_id]
+    assert len(winners) == 1 and all(got is None for owner, got in won if owner not in winners)
+    assert _row(session_factory, job_id).tuner_owner == winners[0]
+
+
+def test_stale_running_job_is_reclaimed_and_old_owner_learns_it(session_factory: sessionmaker[Session]) -> None:
+    job_id = _job(session_factory)
+    with session_scope(session_factory) as s:
+        assert claim_job(s, owner="dead", grace_s=5) == job_id
+        # The tuner went silent 6 s ago (a service restart mid-job).
+        s.execute(update(Job).where(Job.id == job_id).values(tuner_heartbeat_at=db_now(s) - timedelta(seconds=6)))
+    first_start = _row(session_factory, job_id).started_at
+    with session_scope(session_factory) as s:
+        assert claim_job(s, owner="new", grace_s=30) is None  # not stale under a longer grace
+        assert claim_job(s, owner="new", grace_s=5) == job_id
+    job = _row(session_factory, job_id)
+    assert (job.status, job.tuner_owner, job.started_at) == ("running", "new", first_start)
+    with session_scope(session_factory) as s:
+        assert not job_heartbeat(s, job_id=job_id, owner="dead")
+        assert not finish_job(s, job_id=job_id, owner="dead", status="done")
+
+
+def test_release_and_cancel(session_factory: sessionmaker[Session]) -> None:
+    first, second = _job(session_factory), _job(session_factory)
+    with session_scope(session_factory) as s:
+        assert claim_job(s, owner="a", grace_s=10) == first  # oldest first
+        assert release_job(s, job_id=first, owner="a")
+        assert job_status(s, job_id=first) == "queued"
+        assert claim_job(s, owner="b", grace_s=10) == first  # at once, no grace period
+        assert claim_job(s, owner="b", grace_s=10) == second
+        s.execute(update(Job).where(Job.id == second).values(status="cancelled"))
+        assert not job_heartbeat(s, job_id=second, owner="b")
+        assert not finish_job(s, job_id=second, owner="b", status="done")
+        assert job_status(s, job_id=second) == "cancelled"
+        assert claim_job(s, owner="c", grace_s=10) is None  # cancelled jobs are never claimed
+        assert job_status(s, job_id=10_000) is None
+
+
+def test_what_the_tuner_reads(session_factory: sessionmaker[Session]) -> None:
+    """load_job, job_candidates and fleet_best return plain records of the right rows."""
+    from db.job_claims import fleet_best, job_candidates, load_job
+    from db.models import Candidate, Measurement, Task, Worker, Workload
+
+    old_job, new_job = _job(session_factory), _job(session_factory)
+    with session_scope(session_factory) as s:
+        now = db_now(s)
+        wl = Workload(shash="123", mod_json="{}", args_info_json="[]", flops=None, created_at=now)
+        worker = Worker(name="w", target_json="{}", target_key='{"kind":"llvm"}', registered_at=now, last_seen_at=now)
+        s.add_all([wl, worker])
+        s.flush()
+        old_task = Task(job_id=old_job, workload_id=wl.id, name="old", weight=1)
+        new_task = Task(job_id=new_job, workload_id=wl.id, name="new", weight=2)
+        s.add_all([old_task, new_task])
+        s.flush()
+        cands = {}
+        for name, task, state in [("fast", old_task, "done"), ("slow", old_task, "done"), ("err", old_task, "done"),
+                                  ("mine", new_task, "done"), ("waiting", new_task, "pending")]:
+            c = Candidate(task_id=task.id, workload_id=wl.id, target_key='{"kind":"llvm"}', trace_json=f'"{name}"',
+                          round=1, state=state, attempts=1, created_at=now)
+            s.add(c)
+            s.flush()
+            cands[name] = c.id
+        for name, secs, error in [("fast", [1e-5], None), ("slow", [2e-5, 4e-5], None), ("err", None, "crash"),
+                                  ("mine", [5e-6], None)]:
+            s.add(Measurement(candidate_id=cands[name], worker_id=worker.id, workload_id=wl.id,
+                              target_key='{"kind":"llvm"}', run_secs_json=None if secs is None else str(secs),
+                              mean_secs=None if secs is None else sum(secs) / len(secs), error=error, created_at=now))
+        new_task_id = new_task.id
+        wl_id = wl.id
+
+    with session_scope(session_factory) as s:
+        spec = load_job(s, job_id=new_job)
+        assert [(t.name, t.weight, t.shash) for t in spec.tasks] == [("new", 2, "123")]
+        assert (spec.trials, spec.trials_per_round, spec.status) == (8, 4, "queued")
+        rows = {r.trace_json: r for r in job_candidates(s, job_id=new_job)}
+        assert set(rows) == {'"mine"', '"waiting"'}
+        assert rows['"mine"'].measured and rows['"mine"'].run_secs == (5e-6,)
+        assert not rows['"waiting"'].measured and rows['"waiting"'].state == "pending"
+        assert [r.trace_json for r in job_candidates(s, job_id=new_job, candidate_ids=[cands["waiting"]])] == ['"waiting"']
+        assert job_candidates(s, job_id=new_job, candidate_ids=[]) == []
+        old = {r.trace_json: r for r in job_candidates(s, job_id=old_job)}
+        assert old['"err"'].measured and old['"err"'].run_secs is None and old['"err"'].error == "crash"
+        # Other tasks' valid measurements, fastest first; this task's own and errors left out.
+        best = fleet_best(s, workload_id=wl_id, target_key='{"kind":"llvm"}', exclude_task_id=new_task_id, limit=5)
+        assert [r.trace_json for r in best] == ['"fast"', '"slow"']
+        assert best[1].run_secs == (2e-5, 4e-5)
+        assert fleet_best(s, workload_id=wl_id, target_key='{"kind":"cuda"}', exclude_task_id=new_task_id, limit=5) == []

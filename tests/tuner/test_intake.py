@@ -1,0 +1,207 @@
+"""tuner.intake on real ONNX models: inputs, Relax conversion, task extraction, bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tunehub.errors import BadInput
+from tunehub.tvm_json import workload_from_json, workload_hash
+from tuner.intake import ExtractedWorkload, extract_workloads, inspect_onnx, onnx_to_relax
+
+MLP_TASKS = {"fused_matmul_add_relu", "fused_matmul1_add_relu", "fused_matmul2_add1"}
+CONVNET_TASKS = {
+    "fused_conv2d_add_relu",
+    "max_pool2d",
+    "fused_conv2d1_add1_relu1",
+    "mean",
+    "reshape2",
+    "fused_matmul_add2",
+}
+
+
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any] = ()) -> bytes:  # type: ignore[assignment]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_inspect_examples(mlp_bytes: bytes, convnet_bytes: bytes) -> None:
+    mlp = inspect_onnx(mlp_bytes)
+    assert mlp.shapes == {"x": [8, 64]} and mlp.dtypes == {"x": "float32"} and mlp.names == ["x"]
+    assert inspect_onnx(convnet_bytes).shapes == {"x": [1, 3, 32, 32]}
+    # restating a fixed shape is allowed; contradicting it is not
+    assert inspect_onnx(mlp_bytes, {"x": [8, 64]}).shapes == {"x": [8, 64]}
+    with pytest.raises(BadInput, match="dimension 0 of 'x' is fixed at 8"):
+        inspect_onnx(mlp_bytes, {"x": [4, 64]})
+    with pytest.raises(BadInput, match="rank"):
+        inspect_onnx(mlp_bytes, {"x": [8, 64, 1]})
+    with pytest.raises(BadInput, match=r"not inputs of the model.*\['x'\]"):
+        inspect_onnx(mlp_bytes, {"fc1.w": [64, 128]})  # an initializer is not an input
+    with pytest.raises(BadInput, match="positive integers"):
+        inspect_onnx(mlp_bytes, {"x": [8, "64"]})
+
+
+def _check_workloads(workloads: list[ExtractedWorkload], names: set[str]) -> None:
+    assert {w.name for w in workloads} == names
+    assert len({w.shash for w in workloads}) == len(workloads)
+    for w in workloads:
+        assert w.weight == 1
+        assert w.shash.isdigit()
+        assert workload_hash(workload_from_json(w.mod_json)) == w.shash  # the JSON round-trips to the same key
+        args = json.loads(w.args_info_json)
+        assert args and all(a[0] == "TENSOR" and a[1] == "float32" for a in args)
+        assert w.flops is not None and w.flops >= 0
+    assert any(w.flops and w.flops > 1e5 for w in workloads)
+
+
+def test_extract_examples(mlp_bytes: bytes, convnet_bytes: bytes, cpu_target: dict[str, Any]) -> None:
+    mlp = extract_workloads(mlp_bytes, None, cpu_target)
+    _check_workloads(mlp, MLP_TASKS)
+    first = {w.name: w for w in mlp}["fused_matmul_add_relu"]
+    assert json.loads(first.args_info_json)[0][2] == [8, 64]
+    assert first.flops == pytest.approx(2 * 8 * 64 * 128 + 2 * 8 * 128, rel=0.01)
+    _check_workloads(extract_workloads(convnet_bytes, None, cpu_target), CONVNET_TASKS)
+    # same bytes, same keys: the database can find tasks again across calls and processes
+    assert [w.shash for w in extract_workloads(mlp_bytes, None, cpu_target)] == [w.shash for w in mlp]
+
+
+def test_hashes_are_what_compile_relax_looks_up(
+    mlp_bytes: bytes, convnet_bytes: bytes, cpu_target: dict[str, Any]
+) -> None:
+    """The fused functions compile_relax queries are exactly the extracted workloads."""
+    import tvm_ffi
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class RecordingDatabase(ms.database.PyDatabase):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = ms.database.MemoryDatabase()
+            self.queried: list[str] = []
+
+        def has_workload(self, mod: Any) -> bool:
+            self.queried.append(str(tvm_ffi.structural_hash(mod)))
+            return bool(self.inner.has_workload(mod))
+
+        def commit_workload(self, mod: Any) -> Any:
+            return self.inner.commit_workload(mod)
+
+        def commit_tuning_record(self, record: Any) -> None:
+            self.inner.commit_tuning_record(record)
+
+        def get_top_k(self, workload: Any, top_k: int) -> list[Any]:
+            return list(self.inner.get_top_k(workload, top_k))
+
+        def get_all_tuning_records(self) -> list[Any]:
+            return list(self.inner.get_all_tuning_records())
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+    from tvm.target import Target
+
+    for content in (mlp_bytes, convnet_bytes):
+        database = RecordingDatabase()
+        ms.relax_integration.compile_relax(database, onnx_to_relax(content), Target(cpu_target), params=None)
+        assert sorted(database.queried) == sorted(w.shash for w in extract_workloads(content, None, cpu_target))
+
+
+def test_identical_workloads_are_merged(cpu_target: dict[str, Any]) -> None:
+    rng = np.random.default_rng(0)
+    inits, nodes, prev = [], [], "x"
+    for i in range(3):  # three 128→128 layers with different weights: one workload, weight 3
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((128, 128)).astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(rng.standard_normal(128).astype(np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+            helper.make_node("Relu", [f"a{i}"], [f"h{i}"]),
+        ]
+        prev = f"h{i}"
+    content = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 128])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [4, 128])],
+        inits,
+    )
+    (only,) = extract_workloads(content, None, cpu_target)
+    assert only.weight == 3 and only.name.startswith("fused_matmul")
+
+
+def test_symbolic_batch_needs_shapes(make_models: Any, cpu_target: dict[str, Any]) -> None:
+    content = make_models.mlp_model(batch="N").SerializeToString()
+    with pytest.raises(BadInput) as info:
+        inspect_onnx(content)
+    message = info.value.detail
+    assert "'x'" in message and "dimension 0" in message and "'N'" in message
+    assert "input_shapes" in message and "--shape x=1,64" in message
+    with pytest.raises(BadInput, match="symbolic"):
+        extract_workloads(content, None, cpu_target)
+
+    assert inspect_onnx(content, {"x": [4, 64]}).shapes == {"x": [4, 64]}
+    workloads = extract_workloads(content, {"x": [4, 64]}, cpu_target)
+    assert {w.name for w in workloads} == MLP_TASKS
+    first = {w.name: w for w in workloads}["fused_matmul_add_relu"]
+    assert json.loads(first.args_info_json)[0][2] == [4, 64]
+
+
+def test_unknown_dim_and_dtypes() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [3])
+    content = _model(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["ids"], ["z"])],
+        [x, ids],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4]), helper.make_tensor_value_info("z", TensorProto.INT64, [3])],
+    )
+    with pytest.raises(BadInput, match="'x' dimension 0 is unknown.*--shape x=1,4"):
+        inspect_onnx(content)
+    resolved = inspect_onnx(content, {"x": [2, 4]})
+    assert resolved.shapes == {"x": [2, 4], "ids": [3]}
+    assert resolved.dtypes == {"x": "float32", "ids": "int64"}
+
+
+def test_malformed_and_truncated(mlp_bytes: bytes, cpu_target: dict[str, Any]) -> None:
+    with pytest.raises(BadInput, match="not a valid ONNX model.*Error parsing message"):
+        inspect_onnx(b"\x08\x07garbage that is not protobuf \xff\xff\xff")
+    with pytest.raises(BadInput, match="not a valid ONNX model.*Error parsing message"):
+        extract_workloads(mlp_bytes[: len(mlp_bytes) // 2], None, cpu_target)
+    with pytest.raises(BadInput, match="empty"):
+        inspect_onnx(b"")
+    with pytest.raises(BadInput, match="checker"):
+        inspect_onnx(onnx.ModelProto(ir_version=8).SerializeToString())  # parses, but no graph/opset
+
+
+def test_unsupported_op_and_bad_target(mlp_bytes: bytes, cpu_target: dict[str, Any]) -> None:
+    content = _model(
+        [helper.make_node("Celu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
+    inspect_onnx(content)  # valid ONNX ...
+    with pytest.raises(BadInput, match="TVM cannot convert.*Celu"):  # ... that TVM cannot import
+        onnx_to_relax(content)
+    with pytest.raises(BadInput, match="target"):
+        extract_workloads(mlp_bytes, None, {"kind": "no-such-kind"})
+
+
+def test_nothing_to_tune(cpu_target: dict[str, Any]) -> None:
+    content = _model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    with pytest.raises(BadInput, match="nothing to tune"):
+        extract_workloads(content, None, cpu_target)
+    with pytest.raises(BadInput, match="must map input names"):
+        inspect_onnx(content, [[2]])  # type: ignore[arg-type]
+

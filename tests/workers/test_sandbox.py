@@ -1,0 +1,140 @@
+"""The sandbox builds, checks and times real MetaSchedule candidates, and survives them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from worker_helpers import layout_free_candidate, measure_request, transposed_b_trace
+
+from workers.sandbox import SandboxServer, compare, random_array
+from workers.sandbox_client import Sandbox
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    sb = Sandbox(num_threads=2, env={"TUNEHUB_SANDBOX_TEST_OPS": "1"})
+    sb.start()
+    yield sb
+    sb.close()
+
+
+def test_measures_real_candidates(sandbox: Sandbox, workload: dict[str, Any]) -> None:
+    for trace in workload["traces"][:2]:
+        result = sandbox.measure(measure_request(workload, trace, repeat=3), timeout_s=60)
+        assert result.error is None, result.error
+        assert result.run_secs is not None and len(result.run_secs) == 3
+        assert all(s > 0 for s in result.run_secs)
+    assert sandbox.knows(workload["hash"])
+    # The cached workload serves a request without mod_json, and the trace may be a list.
+    import json
+
+    req = measure_request(workload, json.loads(workload["traces"][2]), repeat=1, check=False)
+    del req["mod_json"]
+    result = sandbox.measure(req, timeout_s=60)
+    assert result.error is None and len(result.run_secs or []) == 1
+
+
+def test_garbage_trace_is_an_error_result(sandbox: Sandbox, workload: dict[str, Any]) -> None:
+    pid = sandbox.pid
+    bad = sandbox.measure(measure_request(workload, '[[["NoSuchInstruction",[],[],[]]],[]]'), timeout_s=60)
+    assert bad.run_secs is None and bad.error is not None
+    assert bad.error.startswith("apply trace:") and "NoSuchInstruction" in bad.error
+    not_json = sandbox.measure(measure_request(workload, "{not json"), timeout_s=60)
+    assert not_json.error is not None and not_json.error.startswith("apply trace:")
+    good = sandbox.measure(measure_request(workload, workload["traces"][0]), timeout_s=60)
+    assert good.error is None and sandbox.pid == pid
+
+
+def test_wrong_output_is_caught(sandbox: Sandbox, workload: dict[str, Any]) -> None:
+    result = sandbox.measure(measure_request(workload, transposed_b_trace(workload["mod"])), timeout_s=60)
+    assert result.run_secs is None
+    assert result.error is not None and result.error.startswith("wrong output: buffer C max abs err"), result.error
+    unchecked = sandbox.measure(
+        measure_request(workload, transposed_b_trace(workload["mod"]), check=False), timeout_s=60
+    )
+    assert unchecked.error is None  # it builds and runs; only the check knows it is wrong
+
+
+def test_layout_rewriting_candidate_is_checked_whole_and_timed(sandbox: Sandbox, workload: dict[str, Any]) -> None:
+    from tunehub.tvm_json import workload_hash, workload_to_json
+
+    mod, trace = layout_free_candidate(64, workload["traces"][0])
+    assert "TransformLayout" in trace
+    req = measure_request(workload, trace, repeat=2)
+    req.update(workload_hash=workload_hash(mod), mod_json=workload_to_json(mod))
+    result = sandbox.measure(req, timeout_s=60)
+    assert result.error is None, result.error
+    assert len(result.run_secs or []) == 2
+
+
+def test_unknown_workload_without_mod_json(sandbox: Sandbox, workload: dict[str, Any]) -> None:
+    req = measure_request(workload, workload["traces"][0], workload_hash="12345")
+    del req["mod_json"]
+    result = sandbox.measure(req, timeout_s=60)
+    assert result.error is not None and result.error.startswith("load workload:")
+
+
+def test_fp16_workload_passes_its_check(sandbox: Sandbox, workload: dict[str, Any]) -> None:
+    from tvm_helpers import matmul_workload
+
+    from tunehub.tvm_json import workload_hash, workload_to_json
+
+    mod = matmul_workload(64, "float16")
+    req = measure_request(workload, workload["traces"][0], repeat=1)
+    req.update(workload_hash=workload_hash(mod), mod_json=workload_to_json(mod))
+    result = sandbox.measure(req, timeout_s=60)
+    assert result.error is None, result.error
+
+
+def test_segfault_costs_only_the_sandbox(sandbox: Sandbox, workload: dict[str, Any]) -> None:
+    pid = sandbox.pid
+    crashed = sandbox.measure({"op": "crash", "signal": "SIGSEGV"}, timeout_s=60)
+    assert crashed.error is not None and crashed.error.startswith("sandbox crashed: killed by SIGSEGV")
+    # A fresh process gets the workload again (the client tracks what each process holds).
+    assert not sandbox.knows(workload["hash"])
+    result = sandbox.measure(measure_request(workload, workload["traces"][0]), timeout_s=120)
+    assert result.error is None, result.error
+    assert sandbox.pid != pid
+
+
+def test_hang_is_a_timeout(sandbox: Sandbox, workload: dict[str, Any]) -> None:
+    hung = sandbox.measure({"op": "sleep", "seconds": 600}, timeout_s=1)
+    assert hung.error == "timeout: no result after 1 s"
+    result = sandbox.measure(measure_request(workload, workload["traces"][0]), timeout_s=120)
+    assert result.error is None, result.error
+
+
+def test_test_ops_need_the_env_var() -> None:
+    # In-process: without TUNEHUB_SANDBOX_TEST_OPS=1 the ops are unknown, never run.
+    assert SandboxServer(test_ops=False).handle({"op": "crash", "id": 5}) == {
+        "error": "request: unknown op 'crash'",
+        "id": 5,
+    }
+
+
+def test_closed_sandbox_measures_nothing() -> None:
+    sb = Sandbox()
+    sb.close()
+    sb.close()  # idempotent
+    assert sb.measure({"op": "ping"}, timeout_s=1).interrupted
+    assert sb.starts == 0
+
+
+def test_compare_tolerances() -> None:
+    rng = np.random.default_rng(0)
+    want = random_array(rng, "float32", (32, 32))
+    assert compare("C", "float32", want + 1e-6, want) is None
+    assert "max abs err" in (compare("C", "float32", want.T, want) or "")
+    half = want.astype(np.float16)
+    assert compare("C", "float16", (half * np.float16(1.001)).astype(np.float16), half) is None
+    bf16 = random_array(rng, "bfloat16", (4, 4))
+    assert str(bf16.dtype) == "bfloat16"
+    ints = random_array(rng, "int32", (8,))
+    assert ints.min() >= 0 and compare("I", "int32", ints, ints) is None
+    assert "differ" in (compare("I", "int32", ints + 1, ints) or "")
+    nan = want.copy()
+    nan[0, 0] = np.nan
+    assert "NaN" in (compare("C", "float32", nan, want) or "")

@@ -1,0 +1,224 @@
+"""The daemon's lease loop against a tiny real HTTP server on loopback.
+
+The real service is exercised end to end elsewhere; here a scripted stand-in
+checks what only a script can arrange cheaply: 503s and refused connections
+(backoff), a rejected token, a lost lease, and a stop in the middle of a batch.
+Measurements are real (real sandbox, real TVM).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tunehub import errors
+from workers.daemon import WorkerDaemon
+
+Reply = tuple[int, dict[str, Any]]
+
+
+class FakeService:
+    """Routes POST paths to scripted handlers and records every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, Any], str]] = []  # (path, body, auth header)
+        self.routes: dict[str, Callable[[str, dict[str, Any]], Reply]] = {}
+        self.lock = threading.Lock()
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                path = self.path.removeprefix("/api/v1")
+                with service.lock:
+                    service.requests.append((path, body, self.headers.get("Authorization", "")))
+                route = path.split("/")[1] + ("/" + path.split("/")[-1] if path.count("/") > 2 else "")
+                handler = service.routes.get(route)
+                status, reply = handler(path, body) if handler else (404, {"error": "not_found", "detail": path})
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-service", daemon=True)
+        self.thread.start()
+
+    def calls(self, route: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [body for path, body, _ in self.requests if path.endswith(route)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def service() -> Iterator[FakeService]:
+    svc = FakeService()
+    yield svc
+    svc.close()
+
+
+def registered(_: str, body: dict[str, Any]) -> Reply:
+    return 200, {"id": 7, "name": body["name"], "target": body["target"], "target_key": "k"}
+
+
+def no_work(_: str, body: dict[str, Any]) -> Reply:
+    return 200, {"lease_id": None, "ttl_s": 30.0, "target": {"kind": "llvm"}}
+
+
+def one_lease(workload: dict[str, Any], traces: list[Any], lease_id: int = 3) -> Callable[[str, dict[str, Any]], Reply]:
+    """The first lease request gets ``traces`` as candidates 100, 101, ...; later ones get nothing."""
+    given = threading.Event()
+
+    def lease(path: str, body: dict[str, Any]) -> Reply:
+        if given.is_set():
+            return no_work(path, body)
+        given.set()
+        expires = datetime.now(timezone.utc) + timedelta(seconds=30)
+        return 200, {
+            "lease_id": lease_id,
+            "expires_at": expires.isoformat(),
+            "ttl_s": 30.0,
+            "target": workload["target"],
+            "candidates": [
+                {"id": 100 + i, "workload_hash": workload["hash"], "trace": t, "args_info": []}
+                for i, t in enumerate(traces)
+            ],
+            "workloads": {workload["hash"]: workload["mod_json"]},
+        }
+
+    return lease
+
+
+def results_ack(_: str, body: dict[str, Any]) -> Reply:
+    return 200, {"accepted": [r["candidate_id"] for r in body["results"]], "ignored": []}
+
+
+def heartbeat_ok(path: str, _: dict[str, Any]) -> Reply:
+    return 200, {"lease_id": int(path.split("/")[2]), "expires_at": datetime.now(timezone.utc).isoformat()}
+
+
+def start(daemon: WorkerDaemon) -> tuple[threading.Thread, list[BaseException]]:
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            daemon.run()
+        except BaseException as exc:  # noqa: BLE001
+            raised.append(exc)
+
+    thread = threading.Thread(target=target, name="daemon-under-test", daemon=True)
+    thread.start()
+    return thread, raised
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def make_daemon(url: str, workload: dict[str, Any], **kw: Any) -> WorkerDaemon:
+    kw.setdefault("number", 1)
+    kw.setdefault("min_repeat_ms", 0)
+    daemon = WorkerDaemon(url, "tok-123", target=workload["target"], name="w1", poll_s=0.05, **kw)
+    daemon.api.backoff_initial_s = 0.02  # keep the retry test fast
+    return daemon
+
+
+def test_batch_measured_and_reported_after_outages(service: FakeService, workload: dict[str, Any]) -> None:
+    flaky = iter([(503, {"error": "internal", "detail": "db down"}), (502, {})])
+    service.routes["workers"] = lambda p, b: next(flaky, None) or registered(p, b)
+    service.routes["leases"] = one_lease(workload, [workload["traces"][0], "[[[\"Nope\",[],[],[]]],[]]"])
+    service.routes["leases/results"] = results_ack
+    service.routes["leases/heartbeat"] = heartbeat_ok
+    daemon = make_daemon(service.url, workload, repeat=2, heartbeat_s=0.05)
+    thread, raised = start(daemon)
+    wait_for(lambda: len(service.calls("/results")) == 2)
+    daemon.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not raised
+
+    assert len(service.calls("/workers")) == 3  # two failures retried
+    register = service.calls("/workers")[-1]
+    assert register["target"] == workload["target"] and register["hardware"]["cores"] >= 1
+    assert all(auth == "Bearer tok-123" for _, _, auth in service.requests)
+    good, bad = (body["results"][0] for body in service.calls("/results"))
+    assert good["candidate_id"] == 100 and len(good["run_secs"]) == 2 and good["error"] is None
+    assert bad["candidate_id"] == 101 and bad["run_secs"] is None and bad["error"].startswith("apply trace:")
+    assert all(body["worker_id"] == 7 for body in service.calls("/results"))
+    assert service.calls("/heartbeat")  # beat while measuring (first candidate builds a reference)
+    assert not service.calls("/release")  # nothing left to hand back
+
+
+def test_unreachable_service_is_retried_until_stop(workload: dict[str, Any]) -> None:
+    daemon = make_daemon("http://127.0.0.1:9", workload)  # discard port: connection refused
+    thread, raised = start(daemon)
+    time.sleep(0.5)
+    assert thread.is_alive()  # still retrying, not crashed
+    daemon.stop()
+    daemon.stop()  # idempotent
+    thread.join(timeout=10)
+    assert not thread.is_alive() and not raised
+
+
+def test_rejected_token_stops_loudly(service: FakeService, workload: dict[str, Any]) -> None:
+    service.routes["workers"] = lambda p, b: (401, {"error": "unauthorized", "detail": "unknown token"})
+    daemon = make_daemon(service.url, workload)
+    thread, raised = start(daemon)
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], errors.Unauthorized)
+    assert "unknown token" in str(raised[0])
+
+
+def test_lost_lease_abandons_the_batch(service: FakeService, workload: dict[str, Any]) -> None:
+    service.routes["workers"] = registered
+    service.routes["leases"] = one_lease(workload, list(workload["traces"]))
+    service.routes["leases/results"] = results_ack
+    service.routes["leases/heartbeat"] = lambda p, b: (409, {"error": "lease_lost", "detail": "lease 3 expired"})
+    daemon = make_daemon(service.url, workload, heartbeat_s=0.01)
+    thread, raised = start(daemon)
+    wait_for(lambda: bool(service.calls("/heartbeat")) and len(service.calls("/leases")) >= 2)
+    daemon.stop()
+    thread.join(timeout=30)
+    assert not raised
+    assert len(service.calls("/results")) < len(workload["traces"])
+    assert not service.calls("/release")  # not ours to release
+
+
+def test_stop_mid_batch_releases_the_rest(service: FakeService, workload: dict[str, Any]) -> None:
+    service.routes["workers"] = registered
+    service.routes["leases"] = one_lease(workload, list(workload["traces"]))
+    service.routes["leases/results"] = results_ack
+    service.routes["leases/heartbeat"] = heartbeat_ok
+    service.routes["leases/release"] = lambda p, b: (200, {"released": 3})
+    # A minute per timing run: the first candidate is still being timed when we stop.
+    daemon = make_daemon(service.url, workload, min_repeat_ms=60_000, heartbeat_s=0.05)
+    daemon.sandbox.start()  # so that the sleep below is spent measuring, not starting
+    thread, raised = start(daemon)
+    wait_for(lambda: len(service.calls("/heartbeat")) >= 2)
+    time.sleep(2)  # reference and check done: now inside the one-minute timing
+    stopped_at = time.monotonic()
+    daemon.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not raised
+    assert time.monotonic() - stopped_at < 10  # the measurement in flight was abandoned
+    assert not service.calls("/results")
+    assert service.calls("/leases/3/release") == [{"worker_id": 7}]

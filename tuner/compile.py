@@ -1,0 +1,325 @@
+"""Compile an ONNX model with (or without) tuned configs, run it and time it.
+
+Compilation is ``ms.relax_integration.compile_relax``: TVM's own fusion
+pipeline, then ``MetaScheduleApplyDatabase`` swaps in the tuned schedule of each
+fused function found in the database. With no configs the database is an empty
+``MemoryDatabase``: the **untuned baseline**. In TVM 0.27 ``compile_relax``
+schedules the leftovers with DLight only for GPU targets; on CPU a function
+missing from the database stays unscheduled and TVM's default lowering turns it
+into plain serial loops (no parallel, no vectorize, no tiling). That is what
+"untuned" means here, for whole models and for functions a config lacks alike.
+
+Run as a module, one JSON line on stdout (the demo runs it once per variant in a
+fresh process, so thread pools do not interfere, TVM_NOTES §2)::
+
+    python -m tuner.compile --model examples/mlp.onnx --target '{"kind":"llvm","num-cores":2}' \\
+        [--configs DIR] [--repeat 10] [--shape x=8,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunehub.errors import BadInput, TunehubError
+from tuner.intake import InputShapes
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tvm.relax import VMExecutable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    """A compiled model and how much of it the configs covered."""
+
+    exe: VMExecutable
+    input_shapes: dict[str, list[int]]
+    input_dtypes: dict[str, str]
+    functions_total: int  # fused TIR functions compile_relax looked up
+    functions_tuned: int  # of those, found in the database
+    compile_secs: float
+
+
+def _num_cores(target: Mapping[str, Any]) -> int | None:
+    value = target.get("num-cores") if isinstance(target, Mapping) else None
+    try:
+        return int(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def set_num_threads(target: Mapping[str, Any]) -> int | None:
+    """Point ``TVM_NUM_THREADS`` at the target's ``num-cores``.
+
+    TVM reads it when its thread pool starts (the first parallel kernel), and
+    used 1 thread on a 2-core box when unset (TVM_NOTES §0). Returns the count set.
+    """
+    cores = _num_cores(target)
+    if cores:
+        os.environ["TVM_NUM_THREADS"] = str(cores)
+    return cores
+
+
+def _open_database(config_dir: Path | None) -> Any:
+    from tvm.s_tir import meta_schedule as ms
+
+    if config_dir is None:
+        return ms.database.MemoryDatabase()
+    config_dir = Path(config_dir)
+    missing = [n for n in ("database_workload.json", "database_tuning_record.json") if not (config_dir / n).is_file()]
+    if missing:
+        raise BadInput(f"{config_dir} is not a MetaSchedule JSONDatabase folder: {', '.join(missing)} missing")
+    try:
+        return ms.database.JSONDatabase(work_dir=str(config_dir), allow_missing=False)
+    except Exception as exc:  # noqa: BLE001  (a damaged file: TVM says which line)
+        raise BadInput(f"cannot load the configs in {config_dir}: {str(exc).strip()[:2000]}") from None
+
+
+def _counting_database(inner: Any) -> Any:
+    """Wrap a database so we learn which functions ``compile_relax`` looked up and found."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class CountingDatabase(ms.database.PyDatabase):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+            self.queried = 0
+            self.found = 0
+
+        def has_workload(self, mod: Any) -> bool:
+            self.queried += 1
+            return bool(self.inner.has_workload(mod))
+
+        def commit_workload(self, mod: Any) -> Any:
+            return self.inner.commit_workload(mod)
+
+        def commit_tuning_record(self, record: Any) -> None:
+            self.inner.commit_tuning_record(record)
+
+        def get_top_k(self, workload: Any, top_k: int) -> list[Any]:
+            records = list(self.inner.get_top_k(workload, top_k))
+            if records:
+                self.found += 1
+            return records
+
+        def get_all_tuning_records(self) -> list[Any]:
+            return list(self.inner.get_all_tuning_records())
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+    return CountingDatabase(inner)
+
+
+def compile_model_stats(
+    content: bytes,
+    input_shapes: InputShapes | None,
+    target: Mapping[str, Any],
+    config_dir: Path | None,
+) -> CompiledModel:
+    """:func:`compile_model`, plus the model's inputs and how many functions the configs tuned."""
+    from tunehub.tvm_env import prepare_tvm
+    from tuner import intake
+
+    tgt = intake.as_target(target)
+    prepare_tvm((str(tgt.kind.name),))  # tuned traces may tensorize with the target's intrinsics
+    from tvm.s_tir import meta_schedule as ms
+
+    inputs, mod = intake.convert_onnx(content, input_shapes)
+    database = _counting_database(_open_database(config_dir))
+    start = time.perf_counter()
+    try:
+        exe = ms.relax_integration.compile_relax(database, mod, tgt, params=None)
+    except Exception as exc:  # noqa: BLE001
+        raise TunehubError(f"TVM failed to compile the model: {str(exc).strip()[:2000]}") from None
+    return CompiledModel(
+        exe=exe,
+        input_shapes=inputs.shapes,
+        input_dtypes=inputs.dtypes,
+        functions_total=database.queried,
+        functions_tuned=database.found,
+        compile_secs=time.perf_counter() - start,
+    )
+
+
+def compile_model(
+    content: bytes,
+    input_shapes: InputShapes | None,
+    target: Mapping[str, Any],
+    config_dir: Path | None,
+) -> VMExecutable:
+    """Compile an ONNX model for ``target`` with the JSONDatabase in ``config_dir``.
+
+    ``config_dir=None`` gives the untuned baseline (see the module docstring).
+    Raises BadInput for a bad model, target or config folder.
+    """
+    return compile_model_stats(content, input_shapes, target, config_dir).exe
+
+
+def _device(target: Mapping[str, Any] | None) -> Any:
+    import tvm
+
+    kind = str((target or {}).get("kind", "llvm"))
+    return tvm.cpu(0) if kind in ("llvm", "c") else tvm.device(kind, 0)
+
+
+def random_inputs(
+    input_shapes: Mapping[str, Sequence[int]], input_dtypes: Mapping[str, str], seed: int = 0
+) -> list[np.ndarray]:
+    """Deterministic random inputs in the model's input order (floats in [-1, 1), ints in [0, 10))."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for name, shape in input_shapes.items():
+        dtype = input_dtypes.get(name, "float32")
+        if dtype == "bool":
+            arrays.append(rng.integers(0, 2, size=shape).astype(bool))
+        elif dtype == "bfloat16":
+            import ml_dtypes
+
+            arrays.append(rng.uniform(-1, 1, size=shape).astype(ml_dtypes.bfloat16))
+        elif np.issubdtype(np.dtype(dtype), np.integer):
+            arrays.append(rng.integers(0, 10, size=shape).astype(dtype))
+        else:
+            arrays.append(rng.uniform(-1, 1, size=shape).astype(dtype))
+    return arrays
+
+
+def _flatten(value: Any) -> list[np.ndarray]:
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__len__") and hasattr(value, "__getitem__")):
+        return [array for item in value for array in _flatten(item)]
+    raise TypeError(f"unexpected VM output {type(value).__name__}")
+
+
+def run_outputs(exe: VMExecutable, inputs: Sequence[np.ndarray], target: Mapping[str, Any] | None = None) -> list[np.ndarray]:
+    """Run ``main`` once on ``inputs`` (numpy arrays in the model's input order); outputs flattened."""
+    import tvm
+    from tvm import relax
+
+    dev = _device(target)
+    vm = relax.VirtualMachine(exe, dev)
+    result = vm["main"](*[tvm.runtime.tensor(a, dev) for a in inputs])
+    return _flatten(result)
+
+
+def measure_latency(
+    exe: VMExecutable,
+    input_shapes: Mapping[str, Sequence[int]],
+    input_dtypes: Mapping[str, str],
+    target: Mapping[str, Any],
+    repeat: int = 10,
+    min_repeat_ms: int = 50,
+) -> dict[str, Any]:
+    """Time ``main`` on random inputs: ``repeat`` samples, each at least ``min_repeat_ms`` long.
+
+    Returns ``{"median_ms", "mean_ms", "min_ms", "runs_ms", "num_threads"}``; each
+    run is the mean of the calls in one sample (TVM's ``time_evaluator``, after a
+    warm-up call). Sets ``TVM_NUM_THREADS`` from the target first, which only
+    takes effect if no TVM kernel has run in this process yet; ``num_threads``
+    is the count the runtime actually used (time in a fresh process, as
+    ``main`` does, to be sure).
+    """
+    import statistics
+
+    import tvm
+    from tvm import relax
+
+    threads = set_num_threads(target)
+    dev = _device(target)
+    vm = relax.VirtualMachine(exe, dev)
+    args = [tvm.runtime.tensor(a, dev) for a in random_inputs(input_shapes, input_dtypes)]
+    timer = vm.time_evaluator("main", dev, number=1, repeat=max(1, int(repeat)), min_repeat_ms=min_repeat_ms)
+    runs_ms = [float(s) * 1e3 for s in timer(*args).results]
+    actual = int(tvm.runtime.num_threads())
+    if threads and actual != threads:
+        log.warning("timed with %d TVM threads, not the target's %d: the thread pool started earlier", actual, threads)
+    return {
+        "median_ms": statistics.median(runs_ms),
+        "mean_ms": statistics.fmean(runs_ms),
+        "min_ms": min(runs_ms),
+        "runs_ms": runs_ms,
+        "num_threads": actual,
+    }
+
+
+def _parse_shape(text: str) -> tuple[str, list[int]]:
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name:
+        raise BadInput(f"--shape wants NAME=D1,D2,..., got {text!r}")
+    try:
+        return name, [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+    except ValueError:
+        raise BadInput(f"--shape wants NAME=D1,D2,... with integer dims, got {text!r}") from None
+
+
+def _parse_target(text: str) -> dict[str, Any]:
+    from tunehub.targets import canonical_target
+
+    path = Path(text)
+    if not text.lstrip().startswith("{") and path.suffix == ".json" and path.is_file():
+        text = path.read_text()
+    canonical, _ = canonical_target(text)
+    return canonical
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tuner.compile",
+        description="Compile an ONNX model with TVM (optionally with tuned MetaSchedule configs) "
+        "and print its latency as one JSON line.",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="the ONNX file")
+    parser.add_argument("--target", required=True, help='target JSON, e.g. \'{"kind":"llvm","num-cores":2}\', or a .json file')
+    parser.add_argument("--configs", type=Path, default=None, help="a JSONDatabase folder (extracted config zip)")
+    parser.add_argument("--repeat", type=int, default=10, help="timing samples (default 10)")
+    parser.add_argument("--min-repeat-ms", type=int, default=50, help="minimum length of one sample")
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2,...", help="concrete input shape")
+    args = parser.parse_args(argv)
+
+    try:
+        target = _parse_target(args.target)
+        set_num_threads(target)  # before any TVM kernel runs in this process
+        shapes = dict(_parse_shape(s) for s in args.shape) or None
+        try:
+            content = args.model.read_bytes()
+        except OSError as exc:
+            raise BadInput(f"cannot read the model {args.model}: {exc.strerror}") from None
+        compiled = compile_model_stats(content, shapes, target, args.configs)
+        timing = measure_latency(
+            compiled.exe, compiled.input_shapes, compiled.input_dtypes, target, args.repeat, args.min_repeat_ms
+        )
+    except TunehubError as exc:
+        print(json.dumps({"error": exc.code, "detail": exc.detail}), flush=True)
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 2
+    result = {
+        **timing,
+        "tuned": args.configs is not None,
+        "functions_tuned": compiled.functions_tuned,
+        "functions_total": compiled.functions_total,
+        "compile_s": round(compiled.compile_secs, 3),
+        "model": str(args.model),
+        "target": target,
+    }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,328 @@
+"""Keeps one sandbox process alive for the daemon and turns its deaths into results.
+
+A candidate that segfaults, aborts, hangs or wedges the process costs that one
+process: ``measure`` returns an error naming the signal or the timeout, and the
+next call starts a fresh sandbox. Nothing a candidate does raises here, so the
+daemon's loop never dies of it; only a sandbox that cannot start at all raises
+``SandboxStartError`` (the machine, not the candidate, is broken then).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+log = logging.getLogger("workers.sandbox")
+
+STDERR_TAIL_LINES = 20
+_BACKTRACE_LINE = re.compile(r'^\s*(File "|!!!!!!! |Stack trace|\d+: 0x|Traceback \(most recent)')
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One candidate's outcome, as reported: ``run_secs`` or ``error``.
+
+    ``interrupted`` means the sandbox was closed under the measurement (the
+    daemon is stopping); it says nothing about the candidate, so do not report it.
+    """
+
+    run_secs: list[float] | None = None
+    error: str | None = None
+    interrupted: bool = False
+
+
+class SandboxStartError(RuntimeError):
+    """The sandbox process did not come up (bad install, no memory, ...)."""
+
+
+class _Died(Exception):
+    """The process closed its stdout: it is dead or dying."""
+
+
+def _exit_reason(returncode: int | None) -> str:
+    if returncode is None:
+        return "closed its output but did not exit"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+@dataclass
+class _Process:
+    """One running sandbox and what it already holds."""
+
+    popen: subprocess.Popen[bytes]
+    stderr_tail: collections.deque[str]
+    stderr_thread: threading.Thread
+    known: set[str] = field(default_factory=set)  # workload hashes sent to this process
+    buf: bytes = b""
+
+    def send(self, obj: dict[str, Any]) -> None:
+        assert self.popen.stdin is not None
+        try:
+            self.popen.stdin.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+            self.popen.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise _Died() from exc
+
+    def read(self, deadline: float) -> dict[str, Any] | None:
+        """The next reply, or None at the deadline; raises _Died at EOF."""
+        assert self.popen.stdout is not None
+        fd = self.popen.stdout.fileno()
+        while b"\n" not in self.buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise _Died()
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            return {"error": f"sandbox protocol error: unreadable reply {line[:200]!r}", "_protocol": True}
+        return reply
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+
+    def reap(self) -> str:
+        """Wait for the process and describe how it ended, with its last words."""
+        try:
+            returncode: int | None = self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            returncode = self.popen.wait()
+        self.stderr_thread.join(timeout=1)  # drain the last stderr lines
+        for stream in (self.popen.stdin, self.popen.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        return _exit_reason(returncode)
+
+    def last_words(self, lines: int = 3) -> str:
+        tail = [line for line in self.stderr_tail if line.strip()][-lines:]
+        text = " | ".join(tail)
+        return text[-500:]
+
+
+def _pump_stderr(stream: IO[bytes], tail: collections.deque[str], pid: int) -> None:
+    """Keep the child's stderr drained (a full pipe would block it) and logged."""
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip()
+        log.debug("sandbox[%d]: %s", pid, line)
+        # TVM's crash handler prints a long C backtrace; the message before it is what helps.
+        if not _BACKTRACE_LINE.match(line):
+            tail.append(line)
+    stream.close()
+
+
+class Sandbox:
+    """A long-lived ``python -m workers.sandbox`` child, restarted after each death.
+
+    Use from one thread; ``close()`` may be called from any thread and
+    interrupts a measurement in flight. On Linux the child dies with the
+    *thread* that started it (PR_SET_PDEATHSIG), so no sandbox outlives a
+    killed daemon: start it from the thread that keeps using it. Sends each workload's ``mod_json`` only
+    the first time a given process needs it.
+    """
+
+    def __init__(
+        self,
+        *,
+        target_kind: str = "llvm",
+        num_threads: int | None = None,
+        env: dict[str, str] | None = None,
+        start_timeout_s: float = 180.0,
+        python: str | None = None,
+    ):
+        self.target_kind = target_kind
+        self.num_threads = num_threads
+        self.start_timeout_s = start_timeout_s
+        self._python = python or sys.executable
+        self._extra_env = dict(env or {})
+        self._proc: _Process | None = None
+        self._io = threading.Lock()  # held for a whole request/reply exchange
+        self._closed = threading.Event()
+        self._seq = 0
+        self.starts = 0  # processes started so far (for logs and tests)
+
+    # --- public -------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.popen.pid if proc is not None and proc.popen.poll() is None else None
+
+    def knows(self, workload_hash: str) -> bool:
+        """Whether the live process already holds this workload (no reference build to pay)."""
+        proc = self._proc
+        return proc is not None and workload_hash in proc.known
+
+    def start(self) -> None:
+        """Start the process now rather than at the first ``measure``."""
+        with self._io:
+            if self._closed.is_set():
+                raise SandboxStartError("sandbox is closed")
+            self._ensure()
+
+    def measure(self, request: dict[str, Any], timeout_s: float) -> Measured:
+        """Measure one candidate (see ``workers.sandbox`` for the request format).
+
+        Returns an error result for anything the candidate causes: build error,
+        wrong output, crash (``sandbox crashed: killed by SIGSEGV``), or no reply
+        within ``timeout_s`` (``timeout: no result after N s``).
+        """
+        with self._io:
+            if self._closed.is_set():
+                return Measured(error="sandbox closed", interrupted=True)
+            try:
+                proc = self._ensure()
+            except SandboxStartError:
+                if self._closed.is_set():
+                    return Measured(error="sandbox closed", interrupted=True)
+                raise
+            msg = dict(request)
+            key = str(msg.get("workload_hash") or "")
+            if key in proc.known:
+                msg.pop("mod_json", None)
+            deadline = time.monotonic() + timeout_s
+            try:
+                reply = self._exchange(proc, msg, deadline)
+                if reply is not None and reply.get("missing_workload") and request.get("mod_json"):
+                    msg["mod_json"] = request["mod_json"]  # the process lost or never had it
+                    reply = self._exchange(proc, msg, deadline)
+            except _Died:
+                reason = proc.reap()
+                self._proc = None
+                if self._closed.is_set():
+                    return Measured(error="sandbox closed", interrupted=True)
+                words = proc.last_words()
+                log.warning("sandbox %d crashed (%s): %s", proc.popen.pid, reason, words)
+                return Measured(error=f"sandbox crashed: {reason}" + (f"; last output: {words}" if words else ""))
+            if reply is None:
+                proc.kill()
+                proc.reap()
+                self._proc = None
+                log.warning("sandbox %d timed out after %g s; killed", proc.popen.pid, timeout_s)
+                return Measured(error=f"timeout: no result after {timeout_s:g} s")
+            if msg.get("mod_json"):
+                proc.known.add(key)
+            if reply.get("_protocol") or reply.get("id") != msg["id"]:
+                proc.kill()
+                proc.reap()
+                self._proc = None
+                return Measured(error=str(reply.get("error") or f"sandbox protocol error: reply {reply!r} to {msg['id']}"))
+            if reply.get("error"):
+                return Measured(error=str(reply["error"]))
+            run_secs = reply.get("run_secs")
+            if not isinstance(run_secs, list) or not run_secs:
+                return Measured(error=f"sandbox protocol error: no run_secs in {reply!r}")
+            return Measured(run_secs=[float(s) for s in run_secs])
+
+    def interrupt(self) -> None:
+        """Kill the process without waiting: a ``measure`` in flight returns ``interrupted``.
+
+        Takes no lock, so it is safe in a signal handler that may have
+        interrupted ``measure`` on the same thread. The sandbox stays closed.
+        """
+        self._closed.set()
+        proc = self._proc
+        if proc is not None:
+            proc.kill()
+
+    def close(self) -> None:
+        """Kill the process and reap it; idempotent. From a signal handler use ``interrupt``."""
+        self.interrupt()
+        with self._io:
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                proc.kill()
+                proc.reap()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals ------------------------------------------------------------
+
+    def _exchange(self, proc: _Process, msg: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+        self._seq += 1
+        msg["id"] = self._seq
+        proc.stderr_tail.clear()  # last words should be this request's
+        proc.send(msg)
+        return proc.read(deadline)
+
+    def _ensure(self) -> _Process:
+        if self._proc is not None and self._proc.popen.poll() is None:
+            return self._proc
+        if self._proc is not None:  # died between requests
+            self._proc.reap()
+            self._proc = None
+        return self._spawn()
+
+    def _spawn(self) -> _Process:
+        env = dict(os.environ)
+        env.update(self._extra_env)
+        cmd = [self._python, "-m", "workers.sandbox", "--kind", self.target_kind]
+        if self.num_threads:
+            env["TVM_NUM_THREADS"] = str(self.num_threads)
+            cmd += ["--num-threads", str(self.num_threads)]
+        popen = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the daemon, which closes us itself
+        )
+        tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        assert popen.stderr is not None
+        pump = threading.Thread(
+            target=_pump_stderr, args=(popen.stderr, tail, popen.pid), name=f"sandbox-stderr-{popen.pid}", daemon=True
+        )
+        pump.start()
+        proc = _Process(popen=popen, stderr_tail=tail, stderr_thread=pump)
+        self._proc = proc  # visible to close() while we wait for it to come up
+        self.starts += 1
+        try:
+            ready = proc.read(time.monotonic() + self.start_timeout_s)
+        except _Died:
+            self._proc = None
+            reason = proc.reap()
+            raise SandboxStartError(f"sandbox {reason} while starting: {proc.last_words(10)}") from None
+        if ready is None or not ready.get("ready"):
+            self._proc = None
+            proc.kill()
+            reason = proc.reap()
+            what = "no ready line" if ready is None else f"unexpected first line {ready!r}"
+            raise SandboxStartError(
+                f"sandbox did not start within {self.start_timeout_s:g} s ({what}; {reason}): {proc.last_words(10)}"
+            )
+        log.info("sandbox %d started (tvm %s, %s threads)", popen.pid, ready.get("tvm"), self.num_threads or "default")
+        return proc
