@@ -114,6 +114,11 @@ def serve(
 @app.command("tuner")
 def tuner_cmd() -> None:
     """Run search loops: claim queued jobs from the database and drive their searches."""
+    import os
+
+    # XGBoost's OpenMP threads busy-wait by default and starve a worker or the
+    # API sharing the machine; set before xgboost loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from tuner.daemon import TunerDaemon
 
     setup_logging()
@@ -193,10 +198,10 @@ def submit(
 def job_table(job: Any) -> Table:
     """Progress of a job: trials per task and the best latency found so far."""
     table = Table(title=f"job {job.id} [{job.status.value}] {job.trials_done}/{job.trials} trials")
-    for col in ("task", "weight", "trials", "valid", "best (ms)"):
+    for col in ("task", "weight", "trials", "valid", "best (µs)"):
         table.add_column(col, justify="right" if col != "task" else "left")
     for t in job.tasks:
-        best = f"{t.best_latency_s * 1e3:.4f}" if t.best_latency_s is not None else "-"
+        best = f"{t.best_latency_s * 1e6:.2f}" if t.best_latency_s is not None else "-"
         table.add_row(t.name, str(t.weight), str(t.trials_done), str(t.trials_valid), best)
     return table
 
@@ -293,7 +298,7 @@ def compile_cmd(
 
 @app.command()
 def demo(
-    trials: Annotated[int, typer.Option(help="Trial budget per model.")] = 64,
+    trials: Annotated[int, typer.Option(help="Trial budget per model.")] = 96,
     model: Annotated[Optional[list[str]], typer.Option(help="Example model(s): mlp, convnet (default both).")] = None,
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data and configs.")] = Path("tunehub-demo"),
 ) -> None:

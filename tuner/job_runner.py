@@ -310,12 +310,15 @@ class _JobRun:
         rnd = _Round(number=number)
         active = [t for t in self.tasks if not t.search.exhausted]
         start = (number - 1) % len(active)
+        # An equal share of what is left, so a budget smaller than one full round
+        # still reaches every task instead of being spent on the first few.
+        share = max(1, -(-remaining // len(active)))
         batches: list[tuple[_Task, list[Proposal]]] = []
         for task in active[start:] + active[:start]:
             if remaining <= 0:
                 break
             self._check()
-            proposals = task.search.propose(min(spec.trials_per_round, remaining))
+            proposals = task.search.propose(min(spec.trials_per_round, share, remaining))
             if proposals:
                 batches.append((task, proposals))
                 remaining -= len(proposals)
