@@ -21,6 +21,12 @@ test: $(STAMP)  ## the whole suite (SQLite and PostgreSQL, real TVM, real proces
 test-fast: $(STAMP)  ## skip the slow end-to-end tests
 	$(BIN)/python -m pytest -ra -m "not slow"
 
+bench: $(STAMP)  ## benchmarks, side by side in one run; JSON to bench/results/ (PostgreSQL at 127.0.0.1:5432 for the queue)
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python bench/queue_throughput.py
+	$(BIN)/python bench/measurement_noise.py
+	$(BIN)/python bench/search_quality.py --quick   # the full suite (no --quick) takes hours on 2 cores
+
 models: $(STAMP)  ## regenerate examples/*.onnx
 	$(BIN)/python examples/make_models.py examples
 

@@ -16,10 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -29,6 +33,7 @@ from db.models import Candidate, Job, Measurement, Model, Task, Token, Worker, W
 from db.records import BestRecord
 from tunehub.errors import BadInput, Conflict, NotFound
 from tunehub.protocol import (
+    Calibration,
     CandidateWire,
     JobPublic,
     JobStatus,
@@ -82,11 +87,15 @@ def ensure_token(session: Session, *, raw: str, name: str, role: Role | str) -> 
     return row
 
 
+# Every request runs it: built once, so its cache key is computed once (see db/queue.py).
+_LIVE_TOKEN = select(Token.__table__.c.id, Token.__table__.c.role).where(
+    Token.__table__.c.token_hash == bindparam("digest"), Token.__table__.c.revoked_at.is_(None)
+)
+
+
 def verify_token(session: Session, *, raw: str) -> tuple[int, Role] | None:
     """(token id, role) for a live token; None for an unknown or revoked one."""
-    row = session.execute(
-        select(Token.id, Token.role).where(Token.token_hash == hash_token(raw), Token.revoked_at.is_(None))
-    ).one_or_none()
+    row = session.execute(_LIVE_TOKEN, {"digest": hash_token(raw)}).one_or_none()
     return None if row is None else (row.id, Role(row.role))
 
 
@@ -229,6 +238,7 @@ def create_job(
     trials: int,
     trials_per_round: int,
     tasks: Sequence[tuple[str, int, int]],
+    retune: bool = False,
 ) -> int:
     """A queued job and its tasks ``(name, weight, workload_id)``; returns the job id.
 
@@ -249,6 +259,7 @@ def create_job(
         target_key=target_key,
         trials=trials,
         trials_per_round=trials_per_round,
+        retune=retune,
         status=JobStatus.queued.value,
         created_at=db_now(session),
     )
@@ -429,7 +440,17 @@ def list_workers(session: Session, *, target_key: str | None = None) -> list[Wor
 
 
 def worker_public(row: Worker) -> WorkerPublic:
-    return WorkerPublic(id=row.id, name=row.name, target=json.loads(row.target_json), target_key=row.target_key)
+    calibration = Calibration.model_validate_json(row.calibration_json) if row.calibration_json else None
+    return WorkerPublic(
+        id=row.id, name=row.name, target=json.loads(row.target_json), target_key=row.target_key, calibration=calibration
+    )
+
+
+def set_worker_calibration(session: Session, *, worker_id: int, calibration: Calibration) -> None:
+    """Keep the calibration a worker last reported (shown by ``GET /workers``)."""
+    session.execute(
+        update(Worker).where(Worker.id == worker_id).values(calibration_json=calibration.model_dump_json())
+    )
 
 
 # --- leases (the wire view of db.queue) -----------------------------------
@@ -442,20 +463,17 @@ def lease_batch(session: Session, *, worker: Worker, max_count: int, ttl_s: floa
     not once per candidate: it is ~20× the size of a trace (TVM_NOTES §5).
     """
     lease, cands = queue.lease_candidates(
-        session, worker_id=worker.id, target_key=worker.target_key, max_count=max_count, ttl_s=ttl_s
+        session,
+        worker_id=worker.id,
+        target_key=worker.target_key,
+        max_count=max_count,
+        ttl_s=ttl_s,
+        seen_at=worker.last_seen_at,
     )
     target = json.loads(worker.target_json)
     if lease is None:
         return LeaseResponse(lease_id=None, ttl_s=ttl_s, target=target)
-    wls = {
-        r.id: r
-        for r in session.execute(
-            select(Workload.id, Workload.shash, Workload.mod_json, Workload.args_info_json).where(
-                Workload.id.in_({c.workload_id for c in cands})
-            )
-        )
-    }
-    args_info = {wid: json.loads(r.args_info_json) for wid, r in wls.items()}
+    wls = _wire_workloads(session, {c.workload_id for c in cands})
     return LeaseResponse(
         lease_id=lease.id,
         expires_at=lease.expires_at,
@@ -466,15 +484,53 @@ def lease_batch(session: Session, *, worker: Worker, max_count: int, ttl_s: floa
                 id=c.id,
                 workload_hash=wls[c.workload_id].shash,
                 trace=json.loads(c.trace_json),
-                args_info=args_info[c.workload_id],
+                args_info=wls[c.workload_id].args_info,
             )
             for c in cands
         ],
-        workloads={r.shash: r.mod_json for r in wls.values()},
+        workloads={w.shash: w.mod_json for w in wls.values()},
     )
 
 
+@dataclass(frozen=True)
+class _WireWorkload:
+    shash: str
+    mod_json: str
+    args_info: Any
+
+
+# Per engine (so per database): {workload id: what a lease sends of it}. A workload row
+# never changes once stored (upsert_workloads only inserts), so this saves a query and
+# tens of KB of IRModule JSON per lease. Bounded; dropped with its engine.
+_WORKLOAD_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[int, _WireWorkload]] = weakref.WeakKeyDictionary()
+_WORKLOAD_CACHE_SIZE = 512
+_WORKLOAD_CACHE_LOCK = threading.Lock()
+
+
+def _wire_workloads(session: Session, ids: set[int]) -> dict[int, _WireWorkload]:
+    engine = session.get_bind()
+    with _WORKLOAD_CACHE_LOCK:
+        cache = _WORKLOAD_CACHE.setdefault(engine, OrderedDict())
+        found = {wid: cache[wid] for wid in ids if wid in cache}
+    missing = ids - found.keys()
+    if missing:
+        rows = session.execute(
+            select(Workload.id, Workload.shash, Workload.mod_json, Workload.args_info_json).where(
+                Workload.id.in_(missing)
+            )
+        )
+        loaded = {r.id: _WireWorkload(r.shash, r.mod_json, json.loads(r.args_info_json)) for r in rows}
+        found.update(loaded)
+        with _WORKLOAD_CACHE_LOCK:
+            cache.update(loaded)
+            while len(cache) > _WORKLOAD_CACHE_SIZE:
+                cache.popitem(last=False)
+    return found
+
+
 # --- best configs ---------------------------------------------------------
+
+FLAGGED_PENALTY = 1.05  # a flagged result must be >5 % faster to displace an unflagged one
 
 
 def job_workloads(session: Session, *, job_id: int) -> tuple[dict[str, Any], str, list[int]]:
@@ -506,13 +562,20 @@ def best_records(session: Session, *, target_key: str, workload_ids: Iterable[in
     The fleet never forgets: a workload tuned for another model (or a job
     since cancelled) still gives its best. Ties go to the lowest candidate id
     so the same database always yields the same config file.
+
+    Flagged measurements (taken on a degraded or disturbed worker) are
+    down-weighted: ranked as if ``FLAGGED_PENALTY`` times slower. Interference
+    and throttling only ever slow a kernel, so a flagged result that is still
+    clearly the fastest is a fast schedule and keeps winning; within the margin,
+    where ordinary jitter could decide, the undisturbed measurement is trusted.
     """
     ids = sorted(set(workload_ids))
     if not ids:
         return []
+    weighted = Measurement.mean_secs * case((Measurement.flagged, FLAGGED_PENALTY), else_=1.0)
     rank = (
         func.row_number()
-        .over(partition_by=Measurement.workload_id, order_by=(Measurement.mean_secs, Measurement.candidate_id))
+        .over(partition_by=Measurement.workload_id, order_by=(weighted, Measurement.candidate_id))
         .label("rank")
     )
     ranked = (

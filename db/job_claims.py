@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.engine import db_now
@@ -170,6 +170,7 @@ class JobSpec:
     trials_per_round: int
     tuner_owner: str | None
     tasks: tuple[TaskSpec, ...]
+    retune: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ def load_job(session: Session, *, job_id: int) -> JobSpec:
         trials_per_round=job.trials_per_round,
         tuner_owner=job.tuner_owner,
         tasks=tasks,
+        retune=bool(job.retune),
     )
 
 
@@ -293,3 +295,31 @@ def fleet_best(
         )
         for cid, task_id, trace_json, rnd, state, secs in rows
     ]
+
+
+def tuned_workloads(
+    session: Session, *, workload_ids: Sequence[int], target_key: str, exclude_job_id: int
+) -> dict[int, float]:
+    """Workloads already tuned for a target key: {workload id: best mean seconds}.
+
+    Tuned means a finished (``done``) job other than ``exclude_job_id`` measured a valid
+    schedule for it on that key; a job that is still running does not count, so two
+    concurrent jobs on one workload both tune it.
+    """
+    if not workload_ids:
+        return {}
+    rows = session.execute(
+        select(Measurement.workload_id, func.min(Measurement.mean_secs))
+        .join(Candidate, Candidate.id == Measurement.candidate_id)
+        .join(Task, Task.id == Candidate.task_id)
+        .join(Job, Job.id == Task.job_id)
+        .where(
+            Measurement.workload_id.in_(list(workload_ids)),
+            Measurement.target_key == target_key,
+            Measurement.mean_secs.is_not(None),
+            Job.status == JobStatus.done.value,
+            Job.id != exclude_job_id,
+        )
+        .group_by(Measurement.workload_id)
+    ).all()
+    return {int(wid): float(best) for wid, best in rows}

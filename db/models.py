@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false
 
 # SQLite autoincrements only INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -74,6 +76,8 @@ class Job(Base):
     target_key: Mapped[str] = mapped_column(String(1000), index=True)
     trials: Mapped[int] = mapped_column(Integer)
     trials_per_round: Mapped[int] = mapped_column(Integer)
+    # False: a workload already tuned for this target key is answered from its stored best, 0 trials.
+    retune: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     status: Mapped[str] = mapped_column(String(16), index=True)  # tunehub.protocol.JobStatus
     error: Mapped[str | None] = mapped_column(Text)
     tuner_owner: Mapped[str | None] = mapped_column(String(200))
@@ -110,6 +114,7 @@ class Worker(Base):
     target_key: Mapped[str] = mapped_column(String(1000), index=True)
     registered_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+    calibration_json: Mapped[str | None] = mapped_column(Text)  # tunehub.protocol.Calibration, as last reported
 
 
 class Lease(Base):
@@ -153,6 +158,24 @@ class Measurement(Base):
     run_secs_json: Mapped[str | None] = mapped_column(Text)
     mean_secs: Mapped[float | None] = mapped_column(Float)  # None when error
     error: Mapped[str | None] = mapped_column(Text)
+    # Measured while the worker was degraded (calibration) or disturbed (CPU interference).
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]
 
     candidate: Mapped[Candidate] = relationship()
+
+
+class CostModelVersion(Base):
+    """One trained XGBoost cost model of a target key (``cost_model.store``); the highest version is current."""
+
+    __tablename__ = "cost_models"
+    __table_args__ = (UniqueConstraint("target_key", "version"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    target_key: Mapped[str] = mapped_column(String(1000), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    n_samples: Mapped[int] = mapped_column(Integer)  # measurements it has been trained on, in all
+    full_samples: Mapped[int] = mapped_column(Integer)  # of which in its last training from scratch
+    max_measurement_id: Mapped[int] = mapped_column(BigInteger)  # the newest measurement it has seen
+    meta_json: Mapped[str] = mapped_column(Text, default="{}")  # feature layout, params, training kind
+    blob: Mapped[bytes] = mapped_column(LargeBinary)  # xgboost Booster.save_raw("ubj"), never pickle
+    created_at: Mapped[datetime]

@@ -17,8 +17,9 @@ import json
 import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.engine import db_now
@@ -26,10 +27,45 @@ from db.models import Candidate, Lease, Measurement, Worker
 from tunehub.errors import BadInput, LeaseLost, NotFound
 from tunehub.protocol import CandidateResult, CandidateState, ResultsAck
 
+# How stale a worker's last_seen_at may get before a lease stamps it again.
+WORKER_SEEN_RESOLUTION_S = 5.0
+
 PENDING = CandidateState.pending.value
 LEASED = CandidateState.leased.value
 DONE = CandidateState.done.value
 CANCELLED = CandidateState.cancelled.value
+
+# The lease/report hot path runs these prebuilt Core statements on the tables: a
+# statement built once memoizes its cache key and skips the ORM's compile and
+# hydration steps, which were most of a lease's CPU time (bench/queue_throughput.py).
+_cand = Candidate.__table__
+_lease = Lease.__table__
+_PICK = (
+    select(_cand.c.id)
+    .where(_cand.c.target_key == bindparam("key"), _cand.c.state == PENDING)
+    .order_by(_cand.c.id)
+    .limit(bindparam("n"))
+    .with_for_update(skip_locked=True)
+)
+_TAKE = (
+    update(_cand)
+    .where(_cand.c.id.in_(bindparam("ids", expanding=True)), _cand.c.state == PENDING)
+    .values(state=LEASED, lease_id=bindparam("lease"), attempts=_cand.c.attempts + 1)
+    .returning(*_cand.c)
+)
+_FINISH = (
+    update(_cand)
+    .where(_cand.c.id == bindparam("cid"), _cand.c.lease_id == bindparam("lid"), _cand.c.state == LEASED)
+    .values(state=DONE)
+    .returning(_cand.c.workload_id, _cand.c.target_key)
+)
+_NEW_LEASE = insert(_lease).returning(_lease.c.id)
+_EXPIRED = select(_lease.c.id).where(_lease.c.expires_at < bindparam("now"), _lease.c.released_at.is_(None))
+_LEASE_OWNER = select(_lease.c.worker_id).where(_lease.c.id == bindparam("lid"))
+_TOUCH_WORKER = (
+    update(Worker.__table__).where(Worker.__table__.c.id == bindparam("wid")).values(last_seen_at=bindparam("seen"))
+)
+_NEW_MEASUREMENT = insert(Measurement.__table__)
 
 
 def enqueue_candidates(
@@ -64,8 +100,7 @@ def enqueue_candidates(
 def requeue_expired(session: Session, *, now: datetime | None = None) -> int:
     """Put candidates of expired leases back to pending; returns how many."""
     now = now or db_now(session)
-    expired = select(Lease.id).where(Lease.expires_at < now, Lease.released_at.is_(None))
-    expired_ids = list(session.scalars(expired))
+    expired_ids = list(session.scalars(_EXPIRED, {"now": now}))
     if not expired_ids:
         return 0
     moved = session.execute(
@@ -78,47 +113,45 @@ def requeue_expired(session: Session, *, now: datetime | None = None) -> int:
 
 
 def lease_candidates(
-    session: Session, *, worker_id: int, target_key: str, max_count: int, ttl_s: float
-) -> tuple[Lease | None, list[Candidate]]:
-    """Claim up to ``max_count`` pending candidates for ``target_key``.
+    session: Session,
+    *,
+    worker_id: int,
+    target_key: str,
+    max_count: int,
+    ttl_s: float,
+    seen_at: datetime | None = None,
+) -> tuple[Lease | None, list[Row[Any]]]:
+    """Claim up to ``max_count`` pending candidates for ``target_key``: (lease, candidate rows by id).
 
-    Returns (None, []) when nothing waits. Two concurrent callers never get the
-    same candidate: rows are locked and skipped on PostgreSQL, and SQLite runs
-    one writer at a time.
+    The rows carry every candidate column as an attribute (``id``,
+    ``workload_id``, ``trace_json``...). Returns (None, []) when nothing
+    waits. Two concurrent callers never get the same candidate: rows are
+    locked and skipped on PostgreSQL, and SQLite runs one writer at a time
+    (``db.engine``). The worker's ``last_seen_at`` is stamped, unless
+    ``seen_at`` (the caller's read of it) is younger than
+    ``WORKER_SEEN_RESOLUTION_S``: a busy worker's leases skip that write.
     """
     now = db_now(session)
     requeue_expired(session, now=now)
-    ids = list(
-        session.scalars(
-            select(Candidate.id)
-            .where(Candidate.target_key == target_key, Candidate.state == PENDING)
-            .order_by(Candidate.id)
-            .limit(max_count)
-            .with_for_update(skip_locked=True)
-        )
-    )
-    session.execute(update(Worker).where(Worker.id == worker_id).values(last_seen_at=now))
+    ids = list(session.scalars(_PICK, {"key": target_key, "n": max_count}))
+    if seen_at is None or now - seen_at >= timedelta(seconds=WORKER_SEEN_RESOLUTION_S):
+        session.execute(_TOUCH_WORKER, {"wid": worker_id, "seen": now})
     if not ids:
         return None, []
-    lease = Lease(worker_id=worker_id, created_at=now, expires_at=now + timedelta(seconds=ttl_s))
-    session.add(lease)
-    session.flush()
-    session.execute(
-        update(Candidate)
-        .where(Candidate.id.in_(ids), Candidate.state == PENDING)
-        .values(state=LEASED, lease_id=lease.id, attempts=Candidate.attempts + 1)
-    )
-    candidates = list(session.scalars(select(Candidate).where(Candidate.lease_id == lease.id).order_by(Candidate.id)))
+    expires = now + timedelta(seconds=ttl_s)
+    lease_id = session.execute(_NEW_LEASE, {"worker_id": worker_id, "created_at": now, "expires_at": expires}).scalar_one()
+    # RETURNING hands back the leased rows in the same statement (no second SELECT).
+    candidates = sorted(session.execute(_TAKE, {"ids": ids, "lease": lease_id}), key=lambda c: c.id)
+    lease = Lease(id=lease_id, worker_id=worker_id, created_at=now, expires_at=expires, released_at=None)
     return lease, candidates
 
 
-def _owned_lease(session: Session, *, lease_id: int, worker_id: int) -> Lease:
-    lease = session.get(Lease, lease_id)
-    if lease is None:
+def _owned_lease(session: Session, *, lease_id: int, worker_id: int) -> None:
+    owner = session.execute(_LEASE_OWNER, {"lid": lease_id}).scalar_one_or_none()
+    if owner is None:
         raise NotFound(f"lease {lease_id} does not exist")
-    if lease.worker_id != worker_id:
-        raise LeaseLost(f"lease {lease_id} belongs to worker {lease.worker_id}, not {worker_id}")
-    return lease
+    if owner != worker_id:
+        raise LeaseLost(f"lease {lease_id} belongs to worker {owner}, not {worker_id}")
 
 
 def heartbeat(session: Session, *, lease_id: int, worker_id: int, ttl_s: float) -> datetime:
@@ -150,44 +183,50 @@ def _validate(result: CandidateResult) -> tuple[str | None, float | None, str | 
 
 
 def complete(
-    session: Session, *, lease_id: int, worker_id: int, results: Sequence[CandidateResult]
+    session: Session,
+    *,
+    lease_id: int,
+    worker_id: int,
+    results: Sequence[CandidateResult],
+    flag_all: bool = False,
 ) -> ResultsAck:
     """Store results of a lease; each candidate is accepted at most once.
 
     A candidate counts only while it is still leased under this lease: results
     for candidates already measured, re-leased to another worker after expiry,
     or cancelled are ignored (listed in ``ignored``), never stored twice.
+    A valid result is stored ``flagged`` when the worker flagged it or
+    ``flag_all`` (the worker reported a degraded calibration with it).
     """
     _owned_lease(session, lease_id=lease_id, worker_id=worker_id)
     validated = [(r.candidate_id, *_validate(r)) for r in results]
+    flagged = {r.candidate_id for r in results if r.error is None and (r.flagged or flag_all)}
     now = db_now(session)
     accepted: list[int] = []
     ignored: list[int] = []
+    rows: list[dict[str, object]] = []
     for cid, run_secs_json, mean_secs, error in validated:
-        won = session.execute(
-            update(Candidate)
-            .where(and_(Candidate.id == cid, Candidate.lease_id == lease_id, Candidate.state == LEASED))
-            .values(state=DONE)
-        ).rowcount
-        if not won:
+        # The compare-and-set returns what the measurement row needs: one statement, not two.
+        won = session.execute(_FINISH, {"cid": cid, "lid": lease_id}).one_or_none()
+        if won is None:
             ignored.append(cid)
             continue
-        cand = session.get(Candidate, cid)
-        assert cand is not None
-        session.add(
-            Measurement(
+        rows.append(
+            dict(
                 candidate_id=cid,
                 worker_id=worker_id,
-                workload_id=cand.workload_id,
-                target_key=cand.target_key,
+                workload_id=won.workload_id,
+                target_key=won.target_key,
                 run_secs_json=run_secs_json,
                 mean_secs=mean_secs,
                 error=error,
+                flagged=cid in flagged,
                 created_at=now,
             )
         )
         accepted.append(cid)
-    session.flush()
+    if rows:
+        session.execute(_NEW_MEASUREMENT, rows)
     return ResultsAck(accepted=accepted, ignored=ignored)
 
 

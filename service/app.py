@@ -29,6 +29,7 @@ from db import catalog
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.migrate import upgrade
 from service.errors import install_error_handlers
+from service.limits import ConcurrencyLimit
 from service.routes import configs, health, jobs, leases, models, tokens, workers
 from tunehub.protocol import ErrorBody, Role
 from tunehub.settings import Settings, get_settings
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url()
     upgrade(url)
-    engine = make_engine(url)
+    engine = make_engine(url, **settings.pool_options())
     factory = make_sessionmaker(engine)
     with session_scope(factory) as session:
         catalog.ensure_token(session, raw=_admin_token(settings), name="admin", role=Role.admin)
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = factory
     install_error_handlers(app)
+    app.add_middleware(ConcurrencyLimit, limit=settings.api_max_concurrency)
 
     api = APIRouter(prefix=API_PREFIX)
     for module in (health, tokens, models, jobs, workers, leases, configs):

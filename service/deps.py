@@ -24,7 +24,8 @@ from tunehub.protocol import Role
 from tunehub.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    # async: a plain attribute read needs no trip through the thread pool.
     return request.app.state.settings
 
 
@@ -66,7 +67,7 @@ CurrentToken = Annotated[AuthToken, Depends(current_token)]
 def require_roles(*roles: Role) -> Callable[[AuthToken], AuthToken]:
     allowed = ", ".join(r.value for r in roles)
 
-    def check(token: CurrentToken) -> AuthToken:
+    async def check(token: CurrentToken) -> AuthToken:  # no I/O: runs on the loop, no thread hop
         if token.role not in roles:
             raise Forbidden(f"this needs a token with role {allowed}; yours is {token.role.value}")
         return token

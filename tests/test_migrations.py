@@ -1,10 +1,20 @@
 """The Alembic migrations build the schema the models describe, on both backends."""
 
-from sqlalchemy import inspect
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
 
 from db.engine import make_engine
 from db.migrate import downgrade, upgrade
 from db.models import Base
+
+PG_ADMIN_URL = os.environ.get("TUNEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def test_migrations_match_models_and_downgrade(db_url: str) -> None:
@@ -20,3 +30,33 @@ def test_migrations_match_models_and_downgrade(db_url: str) -> None:
     assert not set(Base.metadata.tables) & set(inspect(engine).get_table_names())
     engine.dispose()
     upgrade(db_url)  # and back again
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema at all, once per backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    request.getfixturevalue("pg_template")  # skips, with the reason, where no server answers
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"tunehub_e_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_replicas_starting_together_migrate_a_fresh_database_once(empty_db_url: str) -> None:
+    """Several services (and tuners) run ``upgrade`` at start; on a fresh database they race."""
+    code = f"from db.migrate import upgrade; upgrade({empty_db_url!r})"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1].decode()[-2000:] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    engine = make_engine(empty_db_url, null_pool=True)
+    with engine.connect() as conn:
+        assert len(conn.execute(text("SELECT version_num FROM alembic_version")).all()) == 1
+    assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+    engine.dispose()

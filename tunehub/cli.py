@@ -132,25 +132,78 @@ def worker(
     server: ServerOpt = None,
     token: TokenOpt = None,
     target: Annotated[Optional[str], typer.Option(help="Target JSON to serve instead of the detected one.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Worker name (default: hostname).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Worker name (default: hostname; GPUs add -cudaN).")] = None,
     max_candidates: Annotated[int, typer.Option(help="Candidates per lease.")] = 8,
+    device: Annotated[
+        Optional[list[str]], typer.Option(help="Device to serve: cpu, cuda:N (repeat for several; default cpu).")
+    ] = None,
+    all_gpus: Annotated[bool, typer.Option("--all-gpus", help="Serve every NVIDIA GPU, one worker each.")] = False,
+    cpus: Annotated[Optional[str], typer.Option(help="CPUs to measure on, e.g. 0-7 (default: all this process may use).")] = None,
+    build_workers: Annotated[Optional[int], typer.Option(help="Builder processes per device; 0 builds in the runner.")] = None,
+    build_timeout_s: Annotated[Optional[float], typer.Option(help="Kill a candidate's build after this long.")] = None,
+    run_timeout_s: Annotated[Optional[float], typer.Option(help="Kill a candidate's check and timing after this long.")] = None,
+    number: Annotated[Optional[int], typer.Option(help="time_evaluator number.")] = None,
+    repeat: Annotated[Optional[int], typer.Option(help="Repeats per candidate (all reported).")] = None,
+    min_repeat_ms: Annotated[Optional[int], typer.Option(help="time_evaluator min_repeat_ms.")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Untimed runs before timing.")] = None,
+    cache_flush: Annotated[Optional[bool], typer.Option("--cache-flush/--no-cache-flush", help="Flush CPU caches before each repeat.")] = None,
+    pin: Annotated[Optional[bool], typer.Option("--pin/--no-pin", help="Pin measuring threads to cores.")] = None,
+    calibrate_every_s: Annotated[Optional[float], typer.Option(help="Re-calibrate before a batch this often; 0: off.")] = None,
+    cuda_compiler: Annotated[Optional[str], typer.Option(help="auto, nvcc or nvrtc.")] = None,
 ) -> None:
-    """Serve as a measuring worker: lease candidates, build, check, time, report."""
-    from workers.daemon import WorkerDaemon
+    """Serve as a measuring worker: lease candidates, build, check, time, report.
+
+    Settings not given here come from TUNEHUB_WORKER_* (see tunehub/settings.py).
+    """
+    from tunehub.errors import BadInput
+    from workers.detect import parse_cpu_list
+    from workers.fleet import WorkerFleet, daemons_for, plan_devices
+    from workers.measure import Timing
 
     setup_logging()
     settings = get_settings()
     if not (token or settings.token):
         _fail(RuntimeError("a worker needs a token: --token or TUNEHUB_TOKEN (make one with `tunehub token create`)"))
-    daemon = WorkerDaemon(
-        server or settings.server,
-        token or settings.token,
-        target=_target(target) if target else None,
-        name=name,
-        max_candidates=max_candidates,
-    )
-    _on_sigterm(daemon.stop)
-    daemon.run()
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    try:
+        cpu_list = parse_cpu_list(cpus) if cpus else None
+        plans = plan_devices(
+            device,
+            all_gpus=all_gpus,
+            target=_target(target) if target else None,
+            name=name,
+            cpus=cpu_list,
+            cuda_compiler=pick(cuda_compiler, settings.worker_cuda_compiler),
+        )
+        timing = Timing(
+            number=pick(number, settings.worker_number),
+            repeat=pick(repeat, settings.worker_repeat),
+            min_repeat_ms=pick(min_repeat_ms, settings.worker_min_repeat_ms),
+            warmup=pick(warmup, settings.worker_warmup),
+            cache_flush=pick(cache_flush, settings.worker_cache_flush),
+        )
+        options: dict[str, Any] = {
+            "max_candidates": max_candidates,
+            "build_timeout_s": pick(build_timeout_s, settings.worker_build_timeout_s),
+            "run_timeout_s": pick(run_timeout_s, settings.worker_run_timeout_s),
+            "timing": timing,
+            "pin": pick(pin, settings.worker_pin),
+            "calibrate_every_s": pick(calibrate_every_s, settings.worker_calibrate_every_s),
+            "calibration_tolerance": settings.worker_calibration_tolerance,
+            "interference_tolerance": settings.worker_interference_tolerance,
+        }
+        workers_per_device = pick(build_workers, settings.worker_build_workers)
+        if workers_per_device is not None:
+            options["build_workers"] = workers_per_device
+        daemons = daemons_for(plans, server or settings.server, token or settings.token, **options)
+    except (BadInput, ValueError) as exc:
+        _fail(exc)
+    fleet = WorkerFleet(daemons)
+    _on_sigterm(fleet.stop)
+    fleet.run()
 
 
 @token_app.command("create")
@@ -308,6 +361,28 @@ def demo(
     setup_logging("WARNING")
     code = run_demo(console, workdir=workdir, trials=trials, models=model or ["mlp", "convnet"])
     raise typer.Exit(code)
+
+
+cost_model_app = typer.Typer(help="The XGBoost cost model learned from the database.", no_args_is_help=True)
+app.add_typer(cost_model_app, name="cost-model")
+
+
+@cost_model_app.command("eval")
+def cost_model_eval(
+    target_key: Annotated[Optional[str], typer.Option(help="Target key (default: the one with most measurements).")] = None,
+    database_url: Annotated[Optional[str], typer.Option(help="Default: TUNEHUB_DATABASE_URL or the data dir's SQLite.")] = None,
+    holdout: Annotated[float, typer.Option(help="Share of each workload's measurements held out.")] = 0.3,
+    k: Annotated[int, typer.Option("-k", help="k of top-k recall.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """Pairwise ranking accuracy and top-k recall on held-out measurements, beside MetaSchedule's XGBModel."""
+    from cost_model.evaluate import main as evaluate_main
+
+    argv = ["--holdout", str(holdout), "-k", str(k)]
+    argv += ["--target-key", target_key] if target_key else []
+    argv += ["--database-url", database_url] if database_url else []
+    argv += ["--json"] if as_json else []
+    raise typer.Exit(evaluate_main(argv))
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -3,6 +3,7 @@
     TunehubError                 500 internal
     ├── BadInput                 422 bad_input        (malformed model, bad shapes, unknown target)
     ├── NotFound                 404 not_found
+    ├── TooLarge                 413 too_large        (an upload over the configured limit)
     ├── Unauthorized             401 unauthorized     (missing or unknown token)
     ├── Forbidden                403 forbidden        (token lacks the role)
     ├── Conflict                 409 conflict         (state does not allow the action)
@@ -32,6 +33,11 @@ class BadInput(TunehubError):
 class NotFound(TunehubError):
     status_code = 404
     code = "not_found"
+
+
+class TooLarge(TunehubError):
+    status_code = 413
+    code = "too_large"
 
 
 class Unauthorized(TunehubError):

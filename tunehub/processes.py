@@ -40,8 +40,11 @@ def spawn(
     log: Path | None = None,
     die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Run ``python -m tunehub <args>`` as a child in its own process group."""
-    out = log.open("ab") if log else subprocess.DEVNULL
+    """Run ``python -m tunehub <args>`` as a child in its own process group.
+
+    Output goes to ``log`` when given, else to this process's own stdout/stderr.
+    """
+    out = log.open("ab") if log else None
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "tunehub", *args],

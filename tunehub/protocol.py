@@ -76,6 +76,11 @@ class JobCreate(BaseModel):
     trials_per_round: int | None = Field(
         None, ge=1, le=1024, description="Candidates per task per search round; default from settings."
     )
+    retune: bool = Field(
+        False,
+        description="Search again workloads already tuned for this target; by default they are answered "
+        "from the database's best config at once, with no trials.",
+    )
 
 
 class TaskPublic(BaseModel):
@@ -107,10 +112,27 @@ class JobPublic(BaseModel):
 # --- workers and leases ---------------------------------------------------
 
 
+class Calibration(BaseModel):
+    """A worker's pulse: the time of a fixed small matmul against the fastest it has shown.
+
+    ``degraded`` (ratio above tolerance) means the machine is throttled or
+    overloaded now; results measured then are flagged.
+    """
+
+    status: str = Field(description="ok, degraded, or unknown (no calibration could run).")
+    ratio: float | None = Field(None, description="latest_s / baseline_s.")
+    baseline_s: float | None = Field(None, description="The fastest calibration seen recently.")
+    latest_s: float | None = None
+    tolerance: float | None = Field(None, description="Degraded when ratio exceeds this.")
+    samples: int = 0
+    detail: str | None = Field(None, description="Why the status is unknown.")
+
+
 class WorkerRegister(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     hardware: dict[str, Any] = Field(default_factory=dict, description="Free-form: cpu, cores, gpu, os...")
     target: TargetJSON
+    calibration: Calibration | None = None
 
 
 class WorkerPublic(BaseModel):
@@ -118,6 +140,7 @@ class WorkerPublic(BaseModel):
     name: str
     target: TargetJSON
     target_key: str
+    calibration: Calibration | None = Field(None, description="As the worker last reported it.")
 
 
 class LeaseRequest(BaseModel):
@@ -156,11 +179,15 @@ class CandidateResult(BaseModel):
     candidate_id: int
     run_secs: list[float] | None = Field(None, description="All repeats, seconds; None when error is set.")
     error: str | None = Field(None, description="Why the candidate failed: build error, wrong output, crash, timeout.")
+    flagged: bool = Field(
+        False, description="Measured while the worker's calibration said degraded: ranked after unflagged results."
+    )
 
 
 class ResultsReport(BaseModel):
     worker_id: int
     results: list[CandidateResult]
+    calibration: Calibration | None = Field(None, description="The worker's calibration when it measured these.")
 
 
 class ResultsAck(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,9 +27,24 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8470
 
+    api_max_concurrency: int = Field(
+        32, ge=1, description="Requests one service process handles at once; more wait in line (service/limits.py)."
+    )
+
+    # Database connection pool, per process (a service replica, a tuner). Keep
+    # replicas x (pool + overflow) under the server's max_connections.
+    db_pool_size: int = Field(10, ge=1, description="Connections kept open per process.")
+    db_max_overflow: int = Field(20, ge=0, description="Extra connections opened under load, closed when idle.")
+    db_pool_timeout_s: float = Field(30.0, gt=0, description="How long a request waits for a free connection.")
+    db_pool_recycle_s: float | None = Field(
+        None, gt=0, description="Reopen connections older than this (behind proxies that cut idle ones)."
+    )
+
     # Clients (CLI, workers): where the service is and who we are.
     server: str = Field("http://127.0.0.1:8470", description="Service URL for the CLI and workers.")
     token: str | None = Field(None, description="API token for the CLI and workers.")
+
+    max_model_mb: float = Field(1024.0, gt=0, description="Largest ONNX upload accepted (MiB).")
 
     # Queue
     lease_ttl_s: float = Field(60.0, gt=0, description="A lease expires this long after its last heartbeat.")
@@ -41,6 +57,35 @@ class Settings(BaseSettings):
     tuner_max_jobs: int = Field(2, gt=0, description="Jobs one tuner process runs at once.")
     num_trials_per_iter: int = Field(16, gt=0, description="Candidates per task per search round.")
     search_threads: int = Field(2, gt=0)
+    tuner_pipeline_depth: int = Field(
+        2, ge=1, description="Batches of a job queued at once: the next is generated while workers measure "
+        "the current one. 1 when the tuner shares its cores with the only worker (timings stay clean)."
+    )
+
+    # Workers (`tunehub worker`; every one is also a command-line option)
+    worker_build_timeout_s: float = Field(60.0, gt=0, description="A candidate's build is killed after this long.")
+    worker_run_timeout_s: float = Field(
+        60.0, gt=0, description="A candidate's check and timing is killed after this long (twice for a workload's first)."
+    )
+    worker_build_workers: int | None = Field(
+        None, ge=0, description="Builder processes per device; 0 builds in the runner; unset: one per core, at most 4."
+    )
+    worker_number: int = Field(1, ge=1, description="time_evaluator number (runs averaged per repeat).")
+    worker_repeat: int = Field(5, ge=1, description="Repeats per candidate; all are reported.")
+    worker_min_repeat_ms: int = Field(20, ge=0, description="time_evaluator min_repeat_ms.")
+    worker_warmup: int = Field(1, ge=0, description="Untimed runs before timing.")
+    worker_cache_flush: bool = Field(True, description="Flush CPU caches before each repeat (CPU targets).")
+    worker_pin: bool = Field(True, description="Pin one measuring thread to each of the target's cores.")
+    worker_calibrate_every_s: float = Field(
+        30.0, ge=0, description="Re-time the calibration kernel before a batch this often; 0 turns calibration off."
+    )
+    worker_calibration_tolerance: float = Field(
+        1.3, gt=1.0, description="Degraded when the calibration kernel runs this many times slower than its best."
+    )
+    worker_interference_tolerance: float = Field(
+        0.2, ge=0, description="Flag a result when other processes used more than this share of its cores."
+    )
+    worker_cuda_compiler: str = Field("auto", description="auto, nvcc or nvrtc: how CUDA source becomes a binary.")
 
     @field_validator("database_url")
     @classmethod
@@ -51,6 +96,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'tunehub.db').resolve()}"
+
+    def pool_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``db.engine.make_engine``."""
+        return {
+            "pool_size": self.db_pool_size,
+            "max_overflow": self.db_max_overflow,
+            "pool_timeout_s": self.db_pool_timeout_s,
+            "pool_recycle_s": self.db_pool_recycle_s,
+        }
 
 
 @lru_cache

@@ -42,16 +42,37 @@ def canonical_target(target: dict[str, Any] | str) -> tuple[dict[str, Any], str]
         except json.JSONDecodeError:
             target = {"kind": target}
     if not isinstance(target, dict) or "kind" not in target:
-        raise BadInput(f"target must be a JSON object with a 'kind', e.g. {{\"kind\": \"llvm\"}}; got {target!r}")
+        raise BadInput(f"target must be a JSON object with a 'kind' (it needs one), e.g. {{\"kind\": \"llvm\"}}; got {target!r}")
     try:
         tvm_target = Target(target)
     except Exception as exc:  # TVM raises ValueError/TVMError with a useful message
         raise BadInput(f"unknown or invalid target {json.dumps(target)}: {exc}") from None
+    _check_mcpu(tvm_target, target)
     exported = _plain(tvm_target.export())
     if exported.get("tag") == "":
         del exported["tag"]  # TVM adds an empty tag; leave it out of the key
     key = json.dumps(exported, sort_keys=True, separators=(",", ":"))
     return exported, key
+
+
+def _check_mcpu(tvm_target: Any, raw: dict[str, Any]) -> None:
+    """Reject an LLVM ``mcpu`` that LLVM does not know for the target's triple.
+
+    TVM accepts any string there, and a typo would make a target key no worker
+    ever serves: its jobs would wait forever.
+    """
+    mcpu = raw.get("mcpu")
+    if tvm_target.kind.name != "llvm" or not mcpu or mcpu == "generic":
+        return
+    from tvm.target.codegen import llvm_get_cpu_archlist
+
+    known = [str(c) for c in llvm_get_cpu_archlist(tvm_target)]
+    if known and mcpu not in known:
+        import difflib
+
+        close = difflib.get_close_matches(str(mcpu), known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise BadInput(f"unknown mcpu {mcpu!r} for this target's triple{hint} (workers report theirs at registration)")
 
 
 def target_label(target: dict[str, Any]) -> str:

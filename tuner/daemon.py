@@ -61,7 +61,7 @@ class TunerDaemon:
         if url.startswith("sqlite"):
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(url)  # the service migrates too; idempotent
-        engine = make_engine(url)
+        engine = make_engine(url, **self.settings.pool_options())
         factory = make_sessionmaker(engine)
         log.info("tuner %s polling for jobs (up to %d at once)", self.owner, self.settings.tuner_max_jobs)
         try:

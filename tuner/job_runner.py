@@ -1,18 +1,29 @@
 """Run one job to its end, resumably: ``run_job``.
 
-A job runs in rounds. Each round, every task that still has a search space
-proposes up to ``trials_per_round`` candidates (never more than the budget
-left); they go into the queue in one transaction, workers measure them, and
-once every candidate of the round has a measurement the results go back to
-each task's search. Round-robin over tasks, starting one task later each round
-so a budget that runs out mid-round does not always favour the first task.
+A job runs batch by batch. The task scheduler (``tuner.scheduler``, the
+gradient rule of Ansor/MetaSchedule) picks the task whose next batch should cut
+Σ weight × latency most; that task's search proposes up to
+``trials_per_round`` candidates (never more than the budget left); they go into
+the queue in one transaction. Search is pipelined with measurement: up to
+``Settings.tuner_pipeline_depth`` batches are queued at once, so the next batch is
+generated while workers measure the current one, and each measured batch goes
+back to its task's search (cost model, strategy) and to the scheduler.
+
+A workload the database already has a best config for (a finished job measured
+it on this target key) is answered from it at once, with no trials, unless the
+job asks to ``retune``. A task whose best stops improving stops early
+(``SearchConfig.patience_trials``); one whose space is exhausted stops too.
+
+The cost model is ``cost_model.XGBCostModel``, warm from the target key's stored
+model, which is retrained from every stored measurement at the job's start and
+end when the data has grown enough (``cost_model.store.refresh``).
 
 The budget is ``job.trials`` measurements in total across tasks (errors
 count). It is counted from the database, so a restart loses nothing and
 repeats nothing: on (re)claim, the job's measured candidates count against the
 budget and seed each search (``SqlDatabase`` gives the strategy the stored
 records; the cost model is warmed with them), and candidates still pending or
-leased from before the restart are awaited first and fed in like any round.
+leased from before the restart are awaited first and fed in like any batch.
 
 The job's liveness is a heartbeat thread (``db.job_claims.job_heartbeat``
 every ``tuner_heartbeat_s``), independent of how long a search round takes.
@@ -29,9 +40,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import session_scope
@@ -47,10 +59,12 @@ from db.job_claims import (
     job_status,
     load_job,
     release_job,
+    tuned_workloads,
 )
 from db.queue import CANCELLED, LEASED, PENDING, cancel_candidates, enqueue_candidates
 from tunehub.protocol import JobStatus
 from tunehub.settings import Settings
+from tuner.scheduler import GradientScheduler
 from tuner.search import Outcome, Proposal, SearchConfig, TaskSearch, make_cost_model
 
 log = logging.getLogger(__name__)
@@ -134,7 +148,10 @@ class _JobRun:
         self.config = config
         self.lost = threading.Event()
         self.finished = threading.Event()
+        self.spec: JobSpec | None = None
         self.tasks: list[_Task] = []
+        self.answered: dict[str, float] = {}  # task name -> stored best seconds (0 trials spent)
+        self.scheduler = GradientScheduler(patience=config.patience_trials)
         self.used = 0  # candidates of this job that count against the budget (measured or awaited)
 
     # --- lifecycle ---------------------------------------------------------------
@@ -151,6 +168,11 @@ class _JobRun:
             why = self._tune(spec)
         except _Stop as stopped:
             why = stopped.why
+        except (OperationalError, InterfaceError) as exc:
+            # The database went away mid-query (a restart, a failover, a dropped
+            # connection): not the job's fault. Hand it back; it resumes from the database.
+            log.warning("job %d: database connection lost (%s); handing the job back to resume it", self.job_id, exc.orig)
+            why = "stopped"
         except Exception as exc:  # noqa: BLE001  (any search failure ends the job as failed, loudly)
             log.exception("job %d failed", self.job_id)
             self._fail(repr(exc))
@@ -191,12 +213,41 @@ class _JobRun:
 
     def _finish_done(self) -> None:
         best = {t.spec.name: _ms(t.search.best_secs) for t in self.tasks}
+        best.update({name: _ms(secs) + " (stored)" for name, secs in self.answered.items()})
         with session_scope(self.factory) as session:
             won = finish_job(session, job_id=self.job_id, owner=self.owner, status=JobStatus.done.value)
         if won:
             log.info("job %d done: %d trials; best per task: %s", self.job_id, self.used, best)
+            self._refresh_cost_model()
         else:
             self._after_lost()
+
+    def _refresh_cost_model(self) -> None:
+        """Retrain the target key's stored cost model if the data grew enough; never fails the job."""
+        if self.config.cost_model != "tunehub" or self.spec is None:
+            return
+        try:
+            from cost_model.store import refresh
+
+            refresh(self.factory, target_key=self.spec.target_key, target=self.spec.target_json,
+                    nthread=self.settings.search_threads)
+        except Exception:  # noqa: BLE001  (a stale model is still a model)
+            log.exception("job %d: retraining the cost model failed", self.job_id)
+
+    def _make_cost_model(self, spec: JobSpec):  # type: ignore[no-untyped-def]
+        threads = self.settings.search_threads
+        if self.config.cost_model == "tunehub":
+            try:
+                from cost_model.store import load_cost_model
+
+                self._refresh_cost_model()
+                model = load_cost_model(self.factory, target_key=spec.target_key, num_threads=threads)
+                log.info("job %d: cost model %s", spec.id,
+                         f"version {model.base_version} from the database" if model.base_version else "new (no stored model yet)")
+                return model
+            except Exception:  # noqa: BLE001
+                log.exception("job %d: could not load the stored cost model; using MetaSchedule's", spec.id)
+        return make_cost_model(num_tuning_cores=threads, num_warmup_samples=self.config.num_warmup_samples)
 
     def _fail(self, error: str) -> None:
         try:
@@ -208,8 +259,12 @@ class _JobRun:
             log.exception("job %d: could not mark it failed (another tuner will reclaim it after the grace period)", self.job_id)
 
     def _release(self) -> None:
-        with session_scope(self.factory) as session:
-            released = release_job(session, job_id=self.job_id, owner=self.owner)
+        try:
+            with session_scope(self.factory) as session:
+                released = release_job(session, job_id=self.job_id, owner=self.owner)
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("job %d: could not hand it back (%s); it is reclaimed after the grace period", self.job_id, exc.orig)
+            return
         if released:
             log.info("job %d: tuner stopping, handed back to the queue after %d trials", self.job_id, self.used)
         else:
@@ -230,21 +285,35 @@ class _JobRun:
         from db.ms_database import SqlDatabase  # imports TVM
         from tunehub.tvm_json import workload_from_json
 
+        self.spec = spec
         if not spec.tasks:
             log.info("job %d has no tasks: nothing to tune", spec.id)
             return "done"
         target = json.loads(spec.target_json)
         threads = self.settings.search_threads
-        database = SqlDatabase(self.factory, target=target, target_key=spec.target_key)
-        cost_model = make_cost_model(num_tuning_cores=threads, num_warmup_samples=self.config.num_warmup_samples)
         with session_scope(self.factory) as session:
             existing = job_candidates(session, job_id=spec.id)
+            stored = {} if spec.retune else tuned_workloads(
+                session, workload_ids=[t.workload_id for t in spec.tasks], target_key=spec.target_key,
+                exclude_job_id=spec.id)
         by_task: dict[int, list[CandidateOutcome]] = defaultdict(list)
         for row in existing:
             by_task[row.task_id].append(row)
+        # A workload tuned before answers from its stored best, unless this job already started on it.
+        answered = [t for t in spec.tasks if t.workload_id in stored and not by_task.get(t.id)]
+        for task_spec in answered:
+            self.answered[task_spec.name] = stored[task_spec.workload_id]
+            log.info("job %d task %s: answered from the database's best (%s), 0 trials (retune to search again)",
+                     spec.id, task_spec.name, _ms(stored[task_spec.workload_id]))
+        to_tune = [t for t in spec.tasks if t not in answered]
+        if not to_tune:
+            log.info("job %d: every task was tuned before; answered from the database", spec.id)
+            return "done"
 
+        database = SqlDatabase(self.factory, target=target, target_key=spec.target_key)
+        cost_model = self._make_cost_model(spec)
         resumed = _Round(number=max((row.round for row in existing), default=0))
-        for task_spec in spec.tasks:
+        for task_spec in to_tune:
             self._check()
             search = TaskSearch(
                 workload_from_json(task_spec.mod_json),
@@ -259,6 +328,7 @@ class _JobRun:
             )
             task = _Task(task_spec, search)
             self.tasks.append(task)
+            self.scheduler.add(task_spec.id, task_spec.weight)
             self._seed(spec, task, by_task.get(task_spec.id, []), resumed)
         if existing:
             log.info(
@@ -266,19 +336,35 @@ class _JobRun:
                 spec.id, self.used - len(resumed.inflight), len(resumed.inflight), len(self.tasks),
             )
         else:
-            log.info("job %d started: %d tasks, %d trials, %d per round", spec.id, len(self.tasks), spec.trials, spec.trials_per_round)
+            log.info("job %d started: %d tasks (%d answered from the database), %d trials, %d per batch",
+                     spec.id, len(spec.tasks), len(answered), spec.trials, spec.trials_per_round)
 
-        rnd = resumed
+        by_id = {t.spec.id: t for t in self.tasks}
+        queued: deque[_Round] = deque([resumed] if resumed.inflight else [])
+        number = resumed.number
         while True:
-            if rnd.inflight:
-                self._await_and_feed(spec, rnd)
+            self._check()
             remaining = spec.trials - self.used
+            if remaining > 0 and len(queued) < self.settings.tuner_pipeline_depth:
+                key = self.scheduler.next()
+                if key is not None:
+                    number += 1
+                    rnd = self._propose_batch(spec, by_id[key], number, remaining)
+                    if rnd.inflight:
+                        self.scheduler.started(key)
+                        queued.append(rnd)
+                    continue  # propose again (pipelining), or pick another task if this one had none
+            if queued:
+                self._await_and_feed(spec, queued.popleft())
+                continue
             if remaining <= 0:
                 return "done"
             if all(t.search.exhausted for t in self.tasks):
                 log.info("job %d: every task's search space is exhausted after %d trials", spec.id, self.used)
-                return "done"
-            rnd = self._propose_round(spec, rnd.number + 1, remaining)
+            else:
+                log.info("job %d: every task stopped improving; done after %d of %d trials",
+                         spec.id, self.used, spec.trials)
+            return "done"
 
     def _seed(self, spec: JobSpec, task: _Task, rows: list[CandidateOutcome], resumed: _Round) -> None:
         """Warm one task's search from the database: its own measurements, the fleet's best, and work in flight."""
@@ -298,6 +384,8 @@ class _JobRun:
             task.search.warm_start([r.trace_json for r in known], [_outcome(r) for r in known])
         if fleet:
             log.info("job %d task %s: warmed with the fleet's %d best measurements", spec.id, task.spec.name, len(fleet))
+        own = [_outcome(r).mean_secs for r in measured]
+        self.scheduler.seed(task.spec.id, trials=len(measured), best=min((m for m in own if m), default=None))
         waiting = [r for r in rows if not r.measured and r.state in (PENDING, LEASED)]
         for row in waiting:
             proposal = task.search.rebuild(row.trace_json)
@@ -306,49 +394,39 @@ class _JobRun:
             resumed.inflight[row.candidate_id] = (task, proposal)
         self.used += len(measured) + len(waiting)
 
-    def _propose_round(self, spec: JobSpec, number: int, remaining: int) -> _Round:
+    def _propose_batch(self, spec: JobSpec, task: _Task, number: int, remaining: int) -> _Round:
+        """One batch of ``task`` into the queue (empty when its search had nothing new this time)."""
         rnd = _Round(number=number)
-        active = [t for t in self.tasks if not t.search.exhausted]
-        start = (number - 1) % len(active)
-        # An equal share of what is left, so a budget smaller than one full round
-        # still reaches every task instead of being spent on the first few.
-        share = max(1, -(-remaining // len(active)))
-        batches: list[tuple[_Task, list[Proposal]]] = []
-        for task in active[start:] + active[:start]:
-            if remaining <= 0:
-                break
-            self._check()
-            proposals = task.search.propose(min(spec.trials_per_round, share, remaining))
-            if proposals:
-                batches.append((task, proposals))
-                remaining -= len(proposals)
-        if not batches:
+        unstarted = self.scheduler.unstarted()
+        # While some tasks have had no batch yet, leave them an equal share of what is left,
+        # so a budget smaller than one batch per task still reaches every task.
+        share = -(-remaining // len(unstarted)) if task.spec.id in unstarted else remaining
+        proposals = task.search.propose(max(1, min(spec.trials_per_round, share, remaining)))
+        if not proposals:
+            if task.search.exhausted:
+                self.scheduler.tasks[task.spec.id].exhausted = True
             return rnd
         with session_scope(self.factory) as session:
             # Enqueue only while the job is still ours: a cancel that lands first wins.
             if not job_heartbeat(session, job_id=spec.id, owner=self.owner):
                 self.lost.set()
                 raise _Stop("lost")
-            for task, proposals in batches:
-                ids = enqueue_candidates(
-                    session,
-                    task_id=task.spec.id,
-                    workload_id=task.spec.workload_id,
-                    target_key=spec.target_key,
-                    traces=[p.trace_json for p in proposals],
-                    round=number,
-                )
-                rnd.inflight.update({cid: (task, p) for cid, p in zip(ids, proposals)})
+            ids = enqueue_candidates(
+                session,
+                task_id=task.spec.id,
+                workload_id=task.spec.workload_id,
+                target_key=spec.target_key,
+                traces=[p.trace_json for p in proposals],
+                round=number,
+            )
+            rnd.inflight.update({cid: (task, p) for cid, p in zip(ids, proposals)})
         self.used += len(rnd.inflight)
-        log.info(
-            "job %d round %d: queued %d candidates (%s); %d/%d trials",
-            spec.id, number, len(rnd.inflight),
-            ", ".join(f"{t.spec.name} {len(p)}" for t, p in batches), self.used, spec.trials,
-        )
+        log.info("job %d batch %d: queued %d candidates of %s; %d/%d trials",
+                 spec.id, number, len(rnd.inflight), task.spec.name, self.used, spec.trials)
         return rnd
 
     def _await_and_feed(self, spec: JobSpec, rnd: _Round) -> None:
-        """Wait until every candidate of the round is measured (or withdrawn), then feed the searches."""
+        """Wait until every candidate of the batch is measured (or withdrawn), then feed searches and scheduler."""
         waiting = dict(rnd.inflight)
         results: dict[int, Outcome] = {}
         while waiting:
@@ -365,10 +443,12 @@ class _JobRun:
             if waiting:
                 self.stop.wait(self.settings.tuner_poll_s)
         per_task: dict[int, tuple[_Task, list[Proposal], list[Outcome]]] = {}
+        latencies: dict[int, list[float | None]] = defaultdict(list)
         for cid, outcome in results.items():
             task, proposal = rnd.inflight[cid]
             task.done += 1
             task.valid += outcome.valid
+            latencies[task.spec.id].append(outcome.mean_secs)
             if proposal is None:
                 continue
             entry = per_task.setdefault(task.spec.id, (task, [], []))
@@ -377,12 +457,14 @@ class _JobRun:
         for task, proposals, outcomes in per_task.values():
             self._check()
             task.search.observe(proposals, outcomes)
-        touched = sorted({rnd.inflight[cid][0].spec.id for cid in results})
+        for key, lat in latencies.items():
+            self.scheduler.observe(key, lat)
         for task in self.tasks:
-            if task.spec.id in touched:
+            if task.spec.id in latencies:
+                state = self.scheduler.tasks[task.spec.id]
                 log.info(
-                    "job %d round %d: task %s %d trials (%d valid), best %s; job %d/%d trials",
+                    "job %d batch %d: task %s %d trials (%d valid), best %s%s; job %d/%d trials",
                     spec.id, rnd.number, task.spec.name, task.done, task.valid, _ms(task.search.best_secs),
-                    self.used, spec.trials,
+                    " (stopped improving: stops early)" if state.converged else "", self.used, spec.trials,
                 )
         rnd.inflight.clear()

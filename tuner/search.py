@@ -58,6 +58,11 @@ class SearchConfig:
     num_warmup_samples: int = DEFAULT_WARMUP_SAMPLES
     max_empty_rounds: int = 3
     """Rounds in a row that yield no new schedule before the space counts as exhausted."""
+    cost_model: str = "tunehub"
+    """``tunehub``: ``cost_model.XGBCostModel``, warm from the database's stored model of the target
+    key; ``metaschedule``: MetaSchedule's own ``XGBModel``, cold (what ``tune_tir`` uses)."""
+    patience_trials: int = 128
+    """A task whose best has not improved by 1 % in this many of its trials stops early."""
 
     def strategy(self) -> Any:
         from tvm.s_tir import meta_schedule as ms

@@ -2,7 +2,9 @@
 
 One loop on the calling thread, plus a heartbeat thread per batch::
 
-    register -> loop: lease -> (no work: wait poll_s) | measure each candidate -> report it
+    register -> start the runner, calibrate -> loop: lease -> (no work: wait poll_s)
+        | build the batch in parallel, report build errors
+        | check and time each built candidate, report it (with the calibration)
 
 Every candidate ends as a reported result (run_secs or error) unless the lease
 is lost or the daemon stops; on stop the unfinished rest is released so other
@@ -22,8 +24,8 @@ import httpx
 
 from tunehub import errors
 from tunehub.protocol import (
+    Calibration,
     CandidateResult,
-    CandidateWire,
     HeartbeatRequest,
     LeaseRequest,
     LeaseResponse,
@@ -33,23 +35,43 @@ from tunehub.protocol import (
 )
 from tunehub.targets import canonical_target, target_label
 from workers.api import ServiceClient, Stopped, TransientError
-from workers.detect import available_cores, detect_cpu_target, detect_hardware
-from workers.sandbox_client import Sandbox, SandboxStartError
+from workers.detect import (
+    NO_CUDA_COMPILER,
+    available_cores,
+    detect_cpu_target,
+    detect_hardware,
+    host_arch,
+    runs_here,
+)
+from workers.measure import Item, ItemResult, Measurer, Timing
+from workers.sandbox_client import SandboxStartError
 
 log = logging.getLogger("workers.daemon")
 
 _LOST = (errors.LeaseLost, errors.Conflict, errors.NotFound)  # the lease is no longer ours
 _AUTH = (errors.Unauthorized, errors.Forbidden)
 MAX_SANDBOX_START_FAILURES = 3
+MAX_DEFAULT_BUILDERS = 4
+
+
+def default_build_workers(devices: int = 1) -> int:
+    """Builder processes per device by default: the cores shared among the devices, at most 4.
+
+    Each builder holds a TVM process (~300 MB); past a few, a batch of 8 is
+    built no faster.
+    """
+    return max(1, min(MAX_DEFAULT_BUILDERS, len(available_cores()) // max(1, devices)))
 
 
 class WorkerDaemon:
-    """Serves one target for one service until ``stop()``; ``run()`` once per instance.
+    """Serves one target on one device for one service until ``stop()``; ``run()`` once per instance.
 
-    ``build_timeout_s + run_timeout_s`` bounds one candidate in the sandbox
-    (twice that the first time a sandbox sees a workload: it also builds and
-    runs the untuned reference). ``number``/``repeat``/``min_repeat_ms`` are
-    TVM's ``time_evaluator`` settings; the defaults are MetaSchedule's own.
+    Measurement (see ``workers.measure``): ``build_workers`` sandboxes build a
+    batch in parallel (``build_timeout_s`` each), then one runner sandbox
+    checks and times each candidate (``run_timeout_s`` each, twice that the
+    first time it sees a workload: it also builds and runs the untuned
+    reference) with its threads pinned to ``cpus`` (default: the first
+    ``num-cores`` CPUs this process may use; ``pin=False`` leaves them free).
     """
 
     def __init__(
@@ -59,41 +81,73 @@ class WorkerDaemon:
         *,
         target: dict[str, Any] | None = None,
         name: str | None = None,
+        hardware: dict[str, Any] | None = None,
         max_candidates: int = 8,
         poll_s: float = 1.0,
         build_timeout_s: float = 60.0,
         run_timeout_s: float = 60.0,
-        number: int = 3,
-        repeat: int = 1,
-        min_repeat_ms: int = 100,
+        build_workers: int | None = None,
+        timing: Timing | None = None,
         check: bool = True,
+        cpus: list[int] | None = None,
+        pin: bool = True,
+        cuda_compiler: str | None = None,
+        calibrate_every_s: float = 30.0,
+        calibration_tolerance: float = 1.3,
+        interference_tolerance: float = 0.2,
         heartbeat_s: float | None = None,
         http_timeout_s: float = 30.0,
         backoff_max_s: float = 30.0,
         sandbox_env: dict[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ):
-        self.target: dict[str, Any] = dict(target) if target else detect_cpu_target()
+        self.target: dict[str, Any] = dict(target) if target else detect_cpu_target(len(cpus) if cpus else None)
         _, self.target_key = canonical_target(self.target)  # BadInput now, not after registering
+        kind = str(self.target["kind"])
+        if not runs_here(self.target):
+            raise errors.BadInput(
+                f"this {host_arch()} machine cannot run code built for {target_label(self.target)}; "
+                "run the worker on that hardware (cross builds are for tests and build hosts)"
+            )
+        if kind == "cuda" and not cuda_compiler:
+            raise errors.BadInput(NO_CUDA_COMPILER)
         self.name = name or socket.gethostname()
+        self.hardware = hardware
         self.max_candidates = max_candidates
         self.poll_s = poll_s
-        self.build_timeout_s = build_timeout_s
-        self.run_timeout_s = run_timeout_s
-        self.number, self.repeat, self.min_repeat_ms = number, repeat, min_repeat_ms
-        self.check = check
         self.heartbeat_s = heartbeat_s
         self.worker_id: int | None = None
         self.measured = 0  # candidates reported, errors included
         self._stop = threading.Event()
         self._fatal: BaseException | None = None  # set by a side thread that must stop the daemon
         self._start_failures = 0
+        self._sent_calibration: Calibration | None = None  # the last one the service acknowledged
         self.api = ServiceClient(
             server_url, token, stop=self._stop, timeout_s=http_timeout_s, backoff_max_s=backoff_max_s, transport=transport
         )
-        # TVM_NOTES §0: TVM uses 1 thread on 2 cores unless told; measure with what the target says.
-        threads = int(self.target.get("num-cores") or available_cores())
-        self.sandbox = Sandbox(target_kind=str(self.target["kind"]), num_threads=threads, env=sandbox_env)
+        cores = available_cores()
+        if kind == "cuda":
+            threads = 1  # the host side only launches kernels
+        else:
+            # TVM_NOTES §0: TVM uses 1 thread on 2 cores unless told; measure with what the target says.
+            threads = len(cpus) if cpus else int(self.target.get("num-cores") or len(cores))
+        if cpus is None and pin and threads <= len(cores):
+            cpus = cores[:threads]
+        self.measurer = Measurer(
+            self.target,
+            build_workers=default_build_workers() if build_workers is None else build_workers,
+            build_timeout_s=build_timeout_s,
+            run_timeout_s=run_timeout_s,
+            timing=timing or Timing(cache_flush=kind == "llvm"),
+            check=check,
+            cpus=cpus if pin else None,
+            num_threads=threads,
+            cuda_compiler=cuda_compiler,
+            env=sandbox_env,
+            calibrate_every_s=calibrate_every_s,
+            calibration_tolerance=calibration_tolerance,
+            interference_tolerance=interference_tolerance,
+        )
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -104,7 +158,7 @@ class WorkerDaemon:
         of the batch released.
         """
         self._stop.set()
-        self.sandbox.interrupt()
+        self.measurer.interrupt()
 
     @property
     def stopping(self) -> bool:
@@ -117,6 +171,7 @@ class WorkerDaemon:
         log.info("worker %r serving %s at %s", self.name, target_label(self.target), self.api.server_url)
         try:
             self._register()
+            self._start_measurer()
             while not self._stop.is_set():
                 lease = self._lease()
                 if lease is None or lease.lease_id is None or not lease.candidates:
@@ -129,7 +184,7 @@ class WorkerDaemon:
             self._fatal = exc
         finally:
             self._stop.set()
-            self.sandbox.close()
+            self.measurer.close()
             self.api.close()
         if self._fatal is not None:
             if isinstance(self._fatal, _AUTH):
@@ -139,11 +194,39 @@ class WorkerDaemon:
             raise self._fatal
         log.info("worker %r stopped after %d measurements", self.name, self.measured)
 
+    def _start_measurer(self) -> None:
+        """Start the runner and take the first calibration; a machine that cannot run
+        a sandbox at all stops the daemon (after a few tries)."""
+        while not self._stop.is_set():
+            try:
+                self.measurer.start()
+                cal = self.measurer.calibration
+                if cal is not None:
+                    log.info("calibration at start: %s", cal.model_dump(exclude_none=True))
+                return
+            except SandboxStartError as exc:
+                if self._stop.is_set():
+                    return
+                self._start_failures += 1
+                log.error("sandbox cannot start (%d in a row): %s", self._start_failures, exc)
+                if self._start_failures >= MAX_SANDBOX_START_FAILURES:
+                    self._fatal = exc
+                    raise Stopped() from exc
+                self._stop.wait(min(self.api.backoff_max_s, 2.0**self._start_failures))
+
     # --- service calls ----------------------------------------------------------------
 
     def _register(self) -> None:
-        body = WorkerRegister(name=self.name, hardware=detect_hardware(), target=self.target)
+        body = WorkerRegister(
+            name=self.name,
+            hardware=self.hardware or detect_hardware(),
+            target=self.target,
+            calibration=self.measurer.calibration if self.measurer.calibrator.samples else None,
+        )
         worker = self.api.register(body)
+        self._sent_calibration = body.calibration
+        if self.worker_id is not None and worker.id != self.worker_id:
+            log.warning("the service now knows this worker as %d (was %d)", worker.id, self.worker_id)
         self.worker_id = worker.id
         log.info("registered as worker %d (target key %s)", worker.id, worker.target_key)
 
@@ -173,7 +256,7 @@ class WorkerDaemon:
 
     def _work(self, lease: LeaseResponse) -> None:
         assert lease.lease_id is not None and self.worker_id is not None
-        lease_id = lease.lease_id
+        lease_id, worker_id = lease.lease_id, self.worker_id
         started = time.monotonic()
         interval = self.heartbeat_s or max(lease.ttl_s / 3.0, 0.1)
         done, lost = threading.Event(), threading.Event()
@@ -181,22 +264,52 @@ class WorkerDaemon:
             target=self._heartbeat_loop, args=(lease_id, interval, done, lost), name=f"heartbeat-{lease_id}", daemon=True
         )
         beat.start()
-        remaining = list(lease.candidates)
+        remaining = {c.id for c in lease.candidates}
         errors_seen = 0
+
+        def report(results: list[ItemResult]) -> bool:
+            nonlocal errors_seen
+            if lost.is_set():
+                return False
+            # Results carry their own flags; the calibration travels only when it changed
+            # (the service then stores it on the worker's row: one write, not one per report).
+            calibration = self.measurer.calibration
+            body = ResultsReport(
+                worker_id=worker_id,
+                results=[
+                    CandidateResult(candidate_id=r.candidate_id, run_secs=r.run_secs, error=r.error, flagged=r.flagged)
+                    for r in results
+                ],
+                calibration=calibration if calibration != self._sent_calibration else None,
+            )
+            try:
+                self.api.report(lease_id, body)
+            except _LOST as exc:
+                log.warning("lease %d lost while reporting (%s); dropping the rest of the batch", lease_id, exc)
+                lost.set()
+                return False
+            if body.calibration is not None:
+                self._sent_calibration = body.calibration
+            for r in results:
+                remaining.discard(r.candidate_id)
+                if r.error:
+                    errors_seen += 1
+                    log.info("candidate %d: %s", r.candidate_id, r.error.splitlines()[0][:300])
+            self.measured += len(results)
+            return not (self._stop.is_set() or lost.is_set())
+
+        items = [
+            Item(
+                candidate_id=c.id,
+                workload_hash=c.workload_hash,
+                mod_json=lease.workloads.get(c.workload_hash),
+                trace=c.trace,
+            )
+            for c in lease.candidates
+        ]
         try:
-            while remaining and not self._stop.is_set() and not lost.is_set():
-                result = self._measure(remaining[0], lease)
-                if result is None or lost.is_set():
-                    break  # interrupted by stop(), or no longer ours
-                try:
-                    self.api.report(lease_id, ResultsReport(worker_id=self.worker_id, results=[result]))
-                except _LOST as exc:
-                    log.warning("lease %d lost while reporting (%s); dropping the rest of the batch", lease_id, exc)
-                    lost.set()
-                    break
-                remaining.pop(0)
-                self.measured += 1
-                errors_seen += result.error is not None
+            self.measurer.measure(items, report)
+            self._start_failures = 0
         except SandboxStartError as exc:
             self._start_failures += 1
             log.error("sandbox cannot start (%d in a row): %s", self._start_failures, exc)
@@ -221,29 +334,6 @@ class WorkerDaemon:
             errors_seen,
             time.monotonic() - started,
         )
-
-    def _measure(self, cand: CandidateWire, lease: LeaseResponse) -> CandidateResult | None:
-        """The candidate's result, or None if the daemon stopped under it."""
-        request = {
-            "workload_hash": cand.workload_hash,
-            "mod_json": lease.workloads.get(cand.workload_hash),
-            "trace": cand.trace,
-            "target": lease.target or self.target,
-            "number": self.number,
-            "repeat": self.repeat,
-            "min_repeat_ms": self.min_repeat_ms,
-            "check": self.check,
-        }
-        timeout = self.build_timeout_s + self.run_timeout_s
-        if not self.sandbox.knows(cand.workload_hash):
-            timeout *= 2  # the untuned reference is built and run first
-        measured = self.sandbox.measure(request, timeout)
-        if measured.interrupted:
-            return None
-        self._start_failures = 0
-        if measured.error:
-            log.info("candidate %d: %s", cand.id, measured.error.splitlines()[0][:300])
-        return CandidateResult(candidate_id=cand.id, run_secs=measured.run_secs, error=measured.error)
 
     def _heartbeat_loop(self, lease_id: int, interval: float, done: threading.Event, lost: threading.Event) -> None:
         """Keep the lease alive while the batch is measured; a crash here stops the daemon."""

@@ -1,21 +1,38 @@
 """The build-and-measure sandbox: a long-lived child process, one request per line.
 
-Run as ``python -m workers.sandbox --kind llvm --num-threads N``. It imports TVM
-once (with the fast tensor-intrinsic set-up, TVM_NOTES §1) and then serves
-forever: one JSON request per line on stdin, one JSON reply per line on stdout.
-A candidate that segfaults, aborts or hangs takes only this process down; the
-parent (``workers.sandbox_client.Sandbox``) names the cause and starts another.
+Run as ``python -m workers.sandbox --kind llvm [--num-threads N] [--cpus 0,1]``.
+It imports TVM once and then serves forever: one JSON request per line on
+stdin, one JSON reply per line on stdout. A candidate that segfaults, aborts or
+hangs takes only this process down; the parent
+(``workers.sandbox_client.Sandbox``) names the cause and starts another.
 
-Request (``op`` defaults to ``"measure"``)::
+Ops (``op`` defaults to ``"measure"``); every reply echoes ``id``::
 
-    {"id": 7, "workload_hash": "...", "mod_json": "<tvm.ir.save_json text>",
-     "trace": [instructions, decisions] or its JSON text, "target": {...},
-     "number": 3, "repeat": 1, "min_repeat_ms": 100, "check": true}
+    build      {"workload_hash", "mod_json"?, "trace", "target", "out": path prefix}
+               -> {"artifact", "check_artifact", "timed_args", "runnable", "linked",
+                   "device_binaries", "note", "t_start", "t_end"}
+    run        {"workload_hash", "mod_json"?, "target", "artifact", "check_artifact",
+                "timed_args", "device_binaries", "check", timing...}
+               -> {"run_secs": [one per repeat], "others_busy", "t_start", "t_end",
+                   "cuda_binaries": {"hits", "misses"} (CUDA: builders' binaries used / compiled here)}
+    measure    build and run in this one process, nothing written to disk:
+               {"workload_hash", "mod_json"?, "trace", "target", "check", timing...}
+               -> {"run_secs": [...], "others_busy"}
+    calibrate  {"target", "repeat", "min_repeat_ms"} -> {"secs": median, "results": [...]}
+    ping       -> {"ok": true}
 
-``mod_json`` may be omitted once this process has seen the workload. Replies
-echo ``id`` and carry either ``{"run_secs": [one per repeat]}`` or
-``{"error": "<stage>: <reason>"}``; an unknown workload without ``mod_json``
-also sets ``"missing_workload": true`` so the parent can resend it.
+Timing fields (TVM's ``time_evaluator`` plus two of ours): ``number``,
+``repeat``, ``min_repeat_ms``, ``warmup`` (untimed calls first) and
+``cache_flush`` (flush the CPU caches before each repeat with TVM's
+``cache_flush_cpu_non_first_arg``; CPU targets only). ``others_busy`` is the
+share of this process's CPUs that other processes used while it timed
+(``CpuLoad``), None where /proc/stat is unreadable.
+
+``mod_json`` may be omitted once this process has seen the workload; an unknown
+workload without it answers ``"missing_workload": true`` so the parent can
+resend. Failures answer ``{"error": "<stage>: <reason>"}`` with stage one of
+request, load workload, target, apply trace, build, export, load, reference
+build, reference run, run, wrong output.
 
 Test-only ops, honoured only when ``TUNEHUB_SANDBOX_TEST_OPS=1``:
 ``{"op": "crash", "signal": "SIGSEGV"}`` and ``{"op": "sleep", "seconds": s}``.
@@ -36,16 +53,13 @@ from typing import IO, Any
 
 import numpy as np
 
+from workers.building import ArgSpec, Built, PrebuiltCuda, arg_specs, needs_intrinsics
+from workers.checking import compare, numpy_dtype, random_array  # noqa: F401  (re-exported)
+from workers.timing import CpuLoad, pin_threads, time_it
+
 TEST_OPS_ENV = "TUNEHUB_SANDBOX_TEST_OPS"
 MAX_ERROR_CHARS = 2000
 REFERENCE_CACHE = 4  # workloads whose inputs and reference outputs stay in memory
-
-# Largest allowed |candidate - reference|, as a fraction of the reference's largest
-# magnitude. Loose for 16-bit floats: tuned and untuned code accumulate in different
-# orders (TVM_NOTES §7 saw 7.6e-3 relative error for fp16 and 6.6e-2 for bf16
-# against fp32), while a wrong schedule is off by about the values themselves.
-_REL_TOLERANCE = {"float64": 1e-6, "float32": 1e-3, "float16": 3e-2, "bfloat16": 1e-1}
-_DEFAULT_FLOAT_TOLERANCE = 2.5e-1  # float8 and other narrow formats
 
 
 def device_for(target_kind: str) -> Any:
@@ -92,71 +106,12 @@ class _Stage:
         return False
 
 
-def numpy_dtype(name: str) -> np.dtype:
-    """numpy dtype for a TVM dtype name; bf16 and float8 come from ml_dtypes."""
-    if name == "bool":
-        return np.dtype(np.bool_)
-    try:
-        return np.dtype(name)
-    except TypeError:
-        import ml_dtypes
-
-        if not hasattr(ml_dtypes, name):
-            raise ValueError(f"unsupported dtype {name!r}") from None
-        return np.dtype(getattr(ml_dtypes, name))
-
-
-def random_array(rng: np.random.Generator, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Floats in [-1, 1); ints in [0, 4) so index-like inputs stay in bounds."""
-    np_dtype = numpy_dtype(dtype)
-    if dtype == "bool":
-        return rng.integers(0, 2, size=shape).astype(np.bool_)
-    if dtype.startswith(("int", "uint")):
-        return rng.integers(0, 4, size=shape).astype(np_dtype)
-    return rng.uniform(-1.0, 1.0, size=shape).astype(np.float32).astype(np_dtype)
-
-
-def compare(name: str, dtype: str, got: np.ndarray, want: np.ndarray) -> str | None:
-    """None when ``got`` matches ``want`` within ``dtype``'s tolerance, else why not."""
-    if dtype == "bool" or dtype.startswith(("int", "uint")):
-        if np.array_equal(got, want):
-            return None
-        wrong = int(np.count_nonzero(got != want))
-        return f"buffer {name}: {wrong} of {want.size} elements differ"
-    g = np.asarray(got, dtype=np.float64)
-    w = np.asarray(want, dtype=np.float64)
-    finite = np.isfinite(w)
-    if not np.array_equal(np.isfinite(g), finite) or not np.array_equal(g[~finite], w[~finite], equal_nan=True):
-        return f"buffer {name}: NaN/inf where the reference has none (or the reverse)"
-    if not finite.any():
-        return None
-    err = float(np.abs(g[finite] - w[finite]).max())
-    scale = float(np.abs(w[finite]).max())
-    bound = _REL_TOLERANCE.get(dtype, _DEFAULT_FLOAT_TOLERANCE) * (scale + 1e-3)
-    if err <= bound:
-        return None
-    return f"buffer {name} max abs err {err:.4g} (tolerance {bound:.3g}, largest reference value {scale:.4g})"
-
-
-def arg_specs(func: Any) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, dtype, shape) of each PrimFunc parameter; static-shape tensors only."""
-    from tvm.s_tir import meta_schedule as ms
-
-    specs = []
-    for param, info in zip(func.params, ms.arg_info.ArgInfo.from_prim_func(func)):
-        kind, dtype, shape = info.as_json()
-        if kind != "TENSOR":
-            raise ValueError(f"argument {param.name} is a {kind}; only tensors are supported")
-        specs.append((str(param.name), str(dtype), tuple(int(d) for d in shape)))
-    return specs
-
-
 @dataclass
 class _Workload:
     mod: Any  # IRModule {"main": PrimFunc}
     entry: str
     seed: int
-    args: list[tuple[str, str, tuple[int, ...]]]  # (buffer name, dtype, shape)
+    args: list[ArgSpec]
 
 
 @dataclass
@@ -166,19 +121,40 @@ class _Reference:
 
 
 class SandboxServer:
-    """Holds parsed workloads and reference outputs between requests."""
+    """Holds parsed workloads, reference outputs and the calibration kernel between requests."""
 
-    def __init__(self, *, test_ops: bool = False):
+    def __init__(
+        self,
+        *,
+        test_ops: bool = False,
+        kind: str = "llvm",
+        cuda_compiler: str | None = None,
+        cpus: list[int] | None = None,
+    ):
         self.test_ops = test_ops
+        self.kind = kind
+        self.cpus = list(cpus or [])  # the CPUs our measuring threads run on
         self._workloads: dict[str, _Workload] = {}  # small: kept for the process's life
         self._references: OrderedDict[str, _Reference] = OrderedDict()  # big: LRU
+        self._calibration: dict[str, tuple[Any, list[Any]]] = {}  # target JSON -> (module, tensors)
+        self._intrinsics = False
+        self.cuda = PrebuiltCuda(cuda_compiler)
+        if kind == "cuda":
+            self.cuda.install()
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """One reply for one request; never raises."""
         op = request.get("op", "measure")
+        started = time.time()
         try:
             if op == "measure":
                 reply = self.measure(request)
+            elif op == "build":
+                reply = self.build(request)
+            elif op == "run":
+                reply = self.run(request)
+            elif op == "calibrate":
+                reply = self.calibrate(request)
             elif op == "ping":
                 reply = {"ok": True}
             elif self.test_ops and op == "crash":
@@ -196,6 +172,9 @@ class SandboxServer:
             reply = {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a failure is a reply, never a dead sandbox
             reply = {"error": f"sandbox: {_reason(exc)}"}
+        if op in ("build", "run", "measure"):  # when the work happened, errors included (for the timeline)
+            reply.setdefault("t_start", started)
+            reply["t_end"] = time.time()
         if "id" in request:
             reply["id"] = request["id"]
         return reply
@@ -249,41 +228,92 @@ class SandboxServer:
             self._references.popitem(last=False)
         return ref
 
-    # --- one measurement ----------------------------------------------------
+    # --- the ops ------------------------------------------------------------
 
-    def measure(self, request: dict[str, Any]) -> dict[str, Any]:
-        import tvm
-        import tvm_ffi
-        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    def _target(self, request: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        from workers.building import build_target
 
-        from tunehub.tvm_json import apply_trace
-
-        key = str(request.get("workload_hash") or "")
-        workload = self._workload(request)
         with _Stage("target"):
-            target = tvm.target.Target(request["target"])
-            dev = device_for(str(target.kind.name))
+            target_json = request["target"]
+            if not isinstance(target_json, dict):
+                raise ValueError(f"target must be a JSON object, got {target_json!r}")
+            return build_target(target_json), target_json
+
+    def _build(self, request: dict[str, Any], workload: _Workload, target: Any) -> Built:
+        from workers.building import build_scheduled, schedule
+
         with _Stage("apply trace"):
             if "trace" not in request:
                 raise ValueError("no trace in request")
-            scheduled = apply_trace(workload.mod, request["trace"]).mod
+            trace = request["trace"]
+            if needs_intrinsics(trace) and not self._intrinsics:
+                from tunehub.tvm_env import prepare_tvm
+
+                prepare_tvm((self.kind,))
+                self._intrinsics = True
+            scheduled = schedule(workload.mod, trace)
         with _Stage("build"):
-            # As MetaSchedule's default builder (TVM_NOTES §1): time the kernel
-            # without the weight layout-rewrite block, as it runs once deployed.
-            timed_mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(scheduled)
-            timed = tvm.tirx.build(timed_mod, target=target)
+            return build_scheduled(scheduled, workload.entry, target, check=bool(request.get("check", True)))
+
+    def build(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Build a candidate and write it to disk for a runner (op ``build``)."""
+        from workers.building import export_built
+
+        workload = self._workload(request)
+        target, target_json = self._target(request)
+        built = self._build(request, workload, target)
+        with _Stage("export"):
+            out = str(request["out"])
+            info = export_built(built, target_json, out, cuda_compiler=self.cuda.mode)
+        return info
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Load a builder's artifact, check it against the reference, time it (op ``run``)."""
+        from workers.building import load_artifact
+
+        key = str(request.get("workload_hash") or "")
+        workload = self._workload(request)
+        target, target_json = self._target(request)
+        with _Stage("target"):
+            dev = device_for(str(target.kind.name))
+        with _Stage("load"):
+            self.cuda.arch = target_json
+            for b in request.get("device_binaries") or []:
+                self.cuda.binaries[str(b["sha256"])] = str(b["path"])
+            timed = load_artifact(str(request["artifact"]))
+            check_path = request.get("check_artifact")
+            checked = load_artifact(str(check_path)) if check_path else timed
+            timed_args = [(str(n), str(d), tuple(int(x) for x in s)) for n, d, s in request["timed_args"]]
+        built = Built(timed=timed, checked=checked, timed_args=timed_args)
+        run_secs, others = self._check_and_time(key, workload, built, dev, request)
+        reply: dict[str, Any] = {"run_secs": run_secs, "others_busy": others}
+        if self.kind == "cuda":  # did loading use the builders' binaries, or compile again?
+            reply["cuda_binaries"] = {"hits": self.cuda.hits, "misses": self.cuda.misses}
+        return reply
+
+    def measure(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Build, check and time in this process, nothing on disk (op ``measure``)."""
+        key = str(request.get("workload_hash") or "")
+        workload = self._workload(request)
+        target, _ = self._target(request)
+        with _Stage("target"):
+            dev = device_for(str(target.kind.name))
+        built = self._build(request, workload, target)
+        run_secs, others = self._check_and_time(key, workload, built, dev, request)
+        return {"run_secs": run_secs, "others_busy": others}
+
+    def _check_and_time(
+        self, key: str, workload: _Workload, built: Built, dev: Any, request: dict[str, Any]
+    ) -> tuple[list[float], float | None]:
+        """(every repeat's seconds, the share of our CPUs other processes used meanwhile)."""
+        import tvm
 
         tensors = None
         if request.get("check", True):
             ref = self._reference(key, workload)
-            with _Stage("build"):
-                # Without the layout-rewrite block the kernel expects pre-rewritten
-                # weights; check the whole program instead so the answers compare.
-                same = tvm_ffi.structural_equal(timed_mod, scheduled)
-                checked = timed if same else tvm.tirx.build(scheduled, target=target)
             with _Stage("run"):
                 tensors = [tvm.runtime.tensor(a, dev) for a in ref.inputs]
-                checked[workload.entry](*tensors)
+                built.checked[workload.entry](*tensors)
                 dev.sync()
                 outputs = [t.numpy() for t in tensors]
             problems = [
@@ -294,19 +324,41 @@ class SandboxServer:
             if problems:
                 raise StageError("wrong output", "; ".join(problems))
         with _Stage("run"):
-            timed_args = arg_specs(timed_mod[workload.entry])  # weights may be in the rewritten layout
-            if tensors is None or [a[1:] for a in timed_args] != [a[1:] for a in workload.args]:
+            # The timed kernel may take weights in a rewritten layout: then fresh inputs of its shapes.
+            if tensors is None or [a[1:] for a in built.timed_args] != [a[1:] for a in workload.args]:
                 rng = np.random.default_rng(workload.seed)
-                tensors = [tvm.runtime.tensor(random_array(rng, d, s), dev) for _, d, s in timed_args]
-            timer = timed.time_evaluator(
-                workload.entry,
-                dev,
-                number=int(request.get("number", 3)),
-                repeat=int(request.get("repeat", 1)),
-                min_repeat_ms=int(request.get("min_repeat_ms", 100)),
-            )
-            run_secs = [float(s) for s in timer(*tensors).results]
-        return {"run_secs": run_secs}
+                tensors = [tvm.runtime.tensor(random_array(rng, d, s), dev) for _, d, s in built.timed_args]
+            with CpuLoad(self.cpus) as load:
+                run_secs = time_it(built.timed, workload.entry, dev, tensors, request)
+            return run_secs, load.others
+
+    def calibrate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Time the fixed calibration kernel on this process's device (op ``calibrate``)."""
+        import tvm
+
+        from workers.building import calibration_kernel
+
+        target, target_json = self._target(request)
+        with _Stage("target"):
+            dev = device_for(str(target.kind.name))
+        cache_key = json.dumps(target_json, sort_keys=True)
+        if cache_key not in self._calibration:
+            with _Stage("build"):
+                self.cuda.arch = target_json
+                rt_mod, specs = calibration_kernel(target)
+            rng = np.random.default_rng(0)
+            tensors = [tvm.runtime.tensor(random_array(rng, d, s), dev) for _, d, s in specs]
+            self._calibration[cache_key] = (rt_mod, tensors)
+        rt_mod, tensors = self._calibration[cache_key]
+        timing = {
+            "number": 1,
+            "repeat": int(request.get("repeat", 7)),
+            "min_repeat_ms": int(request.get("min_repeat_ms", 10)),
+            "warmup": 2,
+        }
+        with _Stage("run"), CpuLoad(self.cpus) as load:
+            results = time_it(rt_mod, "main", dev, tensors, timing)
+        return {"secs": float(np.median(results)), "results": results, "others_busy": load.others}
 
 
 def _claim_stdout() -> IO[str]:
@@ -333,8 +385,10 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.sandbox", description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", default="llvm", help="target kind whose tensor intrinsics to load")
+    parser.add_argument("--kind", default="llvm", help="target kind (its tensor intrinsics load when a trace needs them)")
     parser.add_argument("--num-threads", type=int, default=None, help="TVM_NUM_THREADS for measurements")
+    parser.add_argument("--cpus", default=None, help="pin one measuring thread to each of these CPUs, e.g. 0,1")
+    parser.add_argument("--cuda-compiler", default=None, help="nvcc or nvrtc: how CUDA source becomes a binary")
     args = parser.parse_args(argv)
     _die_with_parent()
     out = _claim_stdout()
@@ -345,11 +399,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunehub.tvm_env import prepare_tvm
 
-    prepare_tvm((args.kind,), num_threads=args.num_threads)  # before TVM's thread pool starts
+    cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else []
+    prepare_tvm((), num_threads=len(cpus) or args.num_threads)  # stub only; before TVM's thread pool starts
     import tvm
 
-    server = SandboxServer(test_ops=os.environ.get(TEST_OPS_ENV) == "1")
-    reply({"ready": True, "pid": os.getpid(), "tvm": tvm.__version__})
+    if cpus:
+        pin_threads(cpus)
+    if args.cuda_compiler:
+        os.environ["TVM_CUDA_COMPILE_MODE"] = args.cuda_compiler
+    server = SandboxServer(
+        test_ops=os.environ.get(TEST_OPS_ENV) == "1", kind=args.kind, cuda_compiler=args.cuda_compiler, cpus=cpus
+    )
+    reply({"ready": True, "pid": os.getpid(), "tvm": tvm.__version__, "cpus": cpus or sorted(os.sched_getaffinity(0))})
     for line in sys.stdin:
         if not line.strip():
             continue

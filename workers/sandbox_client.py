@@ -1,8 +1,8 @@
 """Keeps one sandbox process alive for the daemon and turns its deaths into results.
 
 A candidate that segfaults, aborts, hangs or wedges the process costs that one
-process: ``measure`` returns an error naming the signal or the timeout, and the
-next call starts a fresh sandbox. Nothing a candidate does raises here, so the
+process: ``call`` (any op) and ``measure`` return an error naming the signal or
+the timeout, and the next call starts a fresh sandbox. Nothing a candidate does raises here, so the
 daemon's loop never dies of it; only a sandbox that cannot start at all raises
 ``SandboxStartError`` (the machine, not the candidate, is broken then).
 """
@@ -146,8 +146,10 @@ class Sandbox:
     Use from one thread; ``close()`` may be called from any thread and
     interrupts a measurement in flight. On Linux the child dies with the
     *thread* that started it (PR_SET_PDEATHSIG), so no sandbox outlives a
-    killed daemon: start it from the thread that keeps using it. Sends each workload's ``mod_json`` only
-    the first time a given process needs it.
+    killed daemon: start it from the thread that keeps using it. Sends each
+    workload's ``mod_json`` only the first time a given process needs it.
+    ``cpus`` pins one measuring thread to each CPU; ``cuda_compiler`` (nvcc or
+    nvrtc) is how a CUDA sandbox turns CUDA source into a binary.
     """
 
     def __init__(
@@ -158,9 +160,15 @@ class Sandbox:
         env: dict[str, str] | None = None,
         start_timeout_s: float = 180.0,
         python: str | None = None,
+        cpus: list[int] | None = None,
+        cuda_compiler: str | None = None,
+        name: str = "sandbox",
     ):
         self.target_kind = target_kind
         self.num_threads = num_threads
+        self.cpus = list(cpus or [])
+        self.cuda_compiler = cuda_compiler
+        self.name = name
         self.start_timeout_s = start_timeout_s
         self._python = python or sys.executable
         self._extra_env = dict(env or {})
@@ -169,6 +177,7 @@ class Sandbox:
         self._closed = threading.Event()
         self._seq = 0
         self.starts = 0  # processes started so far (for logs and tests)
+        self.ready: dict[str, Any] = {}  # the last process's ready line (pid, tvm, cpus)
 
     # --- public -------------------------------------------------------------
 
@@ -196,14 +205,34 @@ class Sandbox:
         wrong output, crash (``sandbox crashed: killed by SIGSEGV``), or no reply
         within ``timeout_s`` (``timeout: no result after N s``).
         """
+        reply = self.call(request, timeout_s)
+        if reply.get("interrupted"):
+            return Measured(error=str(reply.get("error") or "sandbox closed"), interrupted=True)
+        if reply.get("error"):
+            return Measured(error=str(reply["error"]))
+        run_secs = reply.get("run_secs")
+        if not isinstance(run_secs, list) or not run_secs:
+            return Measured(error=f"sandbox protocol error: no run_secs in {reply!r}")
+        return Measured(run_secs=[float(s) for s in run_secs])
+
+    def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one request and return the reply; never raises for what a candidate does.
+
+        A crash answers ``{"error": "sandbox crashed: killed by SIGSEGV; last output: ..."}``,
+        no reply within ``timeout_s`` answers ``{"error": "timeout: no result after N s"}``
+        (the process is killed and the next call starts another), and a sandbox
+        closed under the request answers ``{"error": "sandbox closed", "interrupted": True}``.
+        Raises ``SandboxStartError`` only when no process can be started.
+        """
+        closed = {"error": "sandbox closed", "interrupted": True}
         with self._io:
             if self._closed.is_set():
-                return Measured(error="sandbox closed", interrupted=True)
+                return closed
             try:
                 proc = self._ensure()
             except SandboxStartError:
                 if self._closed.is_set():
-                    return Measured(error="sandbox closed", interrupted=True)
+                    return closed
                 raise
             msg = dict(request)
             key = str(msg.get("workload_hash") or "")
@@ -219,29 +248,26 @@ class Sandbox:
                 reason = proc.reap()
                 self._proc = None
                 if self._closed.is_set():
-                    return Measured(error="sandbox closed", interrupted=True)
+                    return closed
                 words = proc.last_words()
-                log.warning("sandbox %d crashed (%s): %s", proc.popen.pid, reason, words)
-                return Measured(error=f"sandbox crashed: {reason}" + (f"; last output: {words}" if words else ""))
+                log.warning("%s %d crashed (%s): %s", self.name, proc.popen.pid, reason, words)
+                return {"error": f"sandbox crashed: {reason}" + (f"; last output: {words}" if words else "")}
             if reply is None:
                 proc.kill()
                 proc.reap()
                 self._proc = None
-                log.warning("sandbox %d timed out after %g s; killed", proc.popen.pid, timeout_s)
-                return Measured(error=f"timeout: no result after {timeout_s:g} s")
-            if msg.get("mod_json"):
+                if self._closed.is_set():
+                    return closed
+                log.warning("%s %d timed out after %g s; killed", self.name, proc.popen.pid, timeout_s)
+                return {"error": f"timeout: no result after {timeout_s:g} s"}
+            if msg.get("mod_json") and key:
                 proc.known.add(key)
             if reply.get("_protocol") or reply.get("id") != msg["id"]:
                 proc.kill()
                 proc.reap()
                 self._proc = None
-                return Measured(error=str(reply.get("error") or f"sandbox protocol error: reply {reply!r} to {msg['id']}"))
-            if reply.get("error"):
-                return Measured(error=str(reply["error"]))
-            run_secs = reply.get("run_secs")
-            if not isinstance(run_secs, list) or not run_secs:
-                return Measured(error=f"sandbox protocol error: no run_secs in {reply!r}")
-            return Measured(run_secs=[float(s) for s in run_secs])
+                return {"error": str(reply.get("error") or f"sandbox protocol error: reply {reply!r} to {msg['id']}")}
+            return reply
 
     def interrupt(self) -> None:
         """Kill the process without waiting: a ``measure`` in flight returns ``interrupted``.
@@ -290,9 +316,14 @@ class Sandbox:
         env = dict(os.environ)
         env.update(self._extra_env)
         cmd = [self._python, "-m", "workers.sandbox", "--kind", self.target_kind]
-        if self.num_threads:
-            env["TVM_NUM_THREADS"] = str(self.num_threads)
-            cmd += ["--num-threads", str(self.num_threads)]
+        threads = len(self.cpus) or self.num_threads
+        if threads:
+            env["TVM_NUM_THREADS"] = str(threads)
+            cmd += ["--num-threads", str(threads)]
+        if self.cpus:
+            cmd += ["--cpus", ",".join(str(c) for c in self.cpus)]
+        if self.cuda_compiler:
+            cmd += ["--cuda-compiler", self.cuda_compiler]
         popen = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
@@ -324,5 +355,13 @@ class Sandbox:
             raise SandboxStartError(
                 f"sandbox did not start within {self.start_timeout_s:g} s ({what}; {reason}): {proc.last_words(10)}"
             )
-        log.info("sandbox %d started (tvm %s, %s threads)", popen.pid, ready.get("tvm"), self.num_threads or "default")
+        self.ready = ready
+        log.info(
+            "%s %d started (tvm %s, %s threads%s)",
+            self.name,
+            popen.pid,
+            ready.get("tvm"),
+            threads or "default",
+            f", pinned to CPUs {ready.get('cpus')}" if self.cpus else "",
+        )
         return proc

@@ -43,6 +43,7 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, _: U
         trials=body.trials,
         trials_per_round=body.trials_per_round or settings.num_trials_per_iter,
         tasks=[(w.name, w.weight, ids[w.shash]) for w in extracted],
+        retune=body.retune,
     )
     return catalog.job_public(session, job_id=job_id)
 

@@ -50,11 +50,21 @@ def heartbeat(
 def report_results(lease_id: int, body: ResultsReport, session: SessionDep, token: WorkerToken) -> ResultsAck:
     """Store results, each candidate once; duplicates and late reports come back in ``ignored``.
 
+    Results come with the worker's calibration (optional): a result is stored
+    ``flagged`` when the worker flagged it or its calibration says degraded,
+    and the worker's row keeps the calibration for ``GET /workers``.
+
     The report is one transaction: one malformed result is a 422 and nothing
     of the report is stored.
     """
     owned_worker(session, token, body.worker_id)
-    return queue.complete(session, lease_id=lease_id, worker_id=body.worker_id, results=body.results)
+    degraded = body.calibration is not None and body.calibration.status == "degraded"
+    ack = queue.complete(
+        session, lease_id=lease_id, worker_id=body.worker_id, results=body.results, flag_all=degraded
+    )
+    if body.calibration is not None:
+        catalog.set_worker_calibration(session, worker_id=body.worker_id, calibration=body.calibration)
+    return ack
 
 
 @router.post("/{lease_id}/release")

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from db import catalog
-from service.deps import CurrentToken, SessionDep, UserToken, pause_transaction
-from tunehub.errors import BadInput
+from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
+from tunehub.errors import BadInput, TooLarge
 from tunehub.protocol import ModelPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -31,6 +31,7 @@ def _parse_shapes(text: str | None) -> dict[str, list[int]] | None:
 def upload_model(
     file: Annotated[UploadFile, File(description="The ONNX file.")],
     session: SessionDep,
+    settings: SettingsDep,
     _: UserToken,
     response: Response,
     name: Annotated[str | None, Form(max_length=200)] = None,
@@ -39,7 +40,10 @@ def upload_model(
     """201 with the new model, or 200 (``created: false``) when these bytes are stored already."""
     from tuner.intake import inspect_onnx  # onnx is heavy; imported on first upload
 
-    content = file.file.read()
+    limit = int(settings.max_model_mb * 1024 * 1024)
+    content = file.file.read(limit + 1)
+    if len(content) > limit:
+        raise TooLarge(f"the model is over the {settings.max_model_mb:g} MiB limit (TUNEHUB_MAX_MODEL_MB)")
     if not content:
         raise BadInput(f"the uploaded file {file.filename or ''!r} is empty")
     shapes = _parse_shapes(input_shapes)

@@ -25,6 +25,8 @@ def register_worker(body: WorkerRegister, session: SessionDep, token: WorkerToke
         target_json=target_json,
         target_key=target_key,
     )
+    if body.calibration is not None:
+        catalog.set_worker_calibration(session, worker_id=row.id, calibration=body.calibration)
     return catalog.worker_public(row)
 
 

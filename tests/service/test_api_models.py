@@ -69,3 +69,16 @@ def test_bad_uploads_are_422_with_a_reason_and_store_nothing(live: Live) -> None
         assert r.status_code == 422, r.text
         assert r.json()["error"] == "bad_input" and reason in r.json()["detail"], r.json()
     assert live.counts() == before
+
+
+def test_upload_over_the_size_limit_is_413_and_stores_nothing(live: Live) -> None:
+    before = live.counts()
+    limit = live.settings.max_model_mb
+    live.settings.max_model_mb = 0.01  # the app reads its settings object per request
+    try:
+        r = _upload(live.admin, MLP_ONNX.read_bytes(), "big.onnx")
+    finally:
+        live.settings.max_model_mb = limit
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "too_large" and "TUNEHUB_MAX_MODEL_MB" in r.json()["detail"]
+    assert live.counts() == before

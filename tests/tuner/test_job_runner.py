@@ -43,7 +43,7 @@ class JobRows:
 
 
 def make_job(factory: sessionmaker[Session], *, sizes: tuple[int, ...] = (32,), trials: int = 8,
-             per_round: int = 4) -> JobRows:
+             per_round: int = 4, retune: bool = False, weights: tuple[int, ...] | None = None) -> JobRows:
     """Model, workload, job and task rows (one matmul task per size), as the service's intake writes them."""
     target, key = canonical_target(CPU_TARGET)
     with session_scope(factory) as s:
@@ -53,17 +53,17 @@ def make_job(factory: sessionmaker[Session], *, sizes: tuple[int, ...] = (32,), 
         s.add(model)
         s.flush()
         job = Job(model_id=model.id, target_json=json.dumps(target), target_key=key, trials=trials,
-                  trials_per_round=per_round, status="queued", created_at=now)
+                  trials_per_round=per_round, retune=retune, status="queued", created_at=now)
         s.add(job)
         s.flush()
         tasks = []
-        for n in sizes:
+        for i, n in enumerate(sizes):
             mod = matmul_workload(n)
             shash = workload_hash(mod)
             workload = s.scalar(select(Workload).where(Workload.shash == shash)) or Workload(
                 shash=shash, mod_json=workload_to_json(mod), args_info_json=args_info_json(mod),
                 flops=2.0 * n**3, created_at=now)
-            task = Task(job=job, workload=workload, name=f"matmul{n}", weight=1)
+            task = Task(job=job, workload=workload, name=f"matmul{n}", weight=weights[i] if weights else 1)
             s.add(task)
             tasks.append(task)
         s.flush()
@@ -187,7 +187,8 @@ def _traces(factory: sessionmaker[Session], job_id: int) -> set[str]:
 def test_daemon_runs_jobs_to_done(db_url: str, session_factory: sessionmaker[Session],
                                   caplog: pytest.LogCaptureFixture) -> None:
     """The daemon claims queued jobs and runs them: exactly ``trials`` measurements, a best latency;
-    a later job on the same workload starts from the first one's records and measures none of them again."""
+    a later job on a tuned workload is answered from the database with 0 trials, and one that asks
+    to retune starts from the first one's records and measures none of them again."""
     from tuner.daemon import TunerDaemon
 
     caplog.set_level("INFO", logger="tuner")
@@ -202,7 +203,9 @@ def test_daemon_runs_jobs_to_done(db_url: str, session_factory: sessionmaker[Ses
     with Measurer(session_factory, rows.target_key):
         runner.start()
         wait_for(lambda: ended(rows.job_id), timeout_s=120, what="the job to end", poll_s=0.2)
-        later = make_job(session_factory, sizes=(32,), trials=3, per_round=3)
+        answered = make_job(session_factory, sizes=(32,), trials=3, per_round=3)
+        wait_for(lambda: ended(answered.job_id), timeout_s=120, what="the answered job to end", poll_s=0.2)
+        later = make_job(session_factory, sizes=(32,), trials=3, per_round=3, retune=True)
         wait_for(lambda: ended(later.job_id), timeout_s=120, what="the later job to end", poll_s=0.2)
     daemon.stop()
     daemon.stop()  # idempotent
@@ -213,8 +216,14 @@ def test_daemon_runs_jobs_to_done(db_url: str, session_factory: sessionmaker[Ses
     assert c["status"] == "done", c["error"]
     assert c["measured"] == c["distinct_candidates"] == c["distinct_traces"] == 7
     assert c["states"] == {"done": 7}
-    assert sorted(c["per_task"].values()) == [3, 4]  # round-robin, the short round starting with the other task
+    # Each task its first batch, then the scheduler's choice until the budget is spent.
+    assert len(c["per_task"]) == 2 and min(c["per_task"].values()) >= 2
     assert c["best"] is not None and 0 < c["best"] < 1.0
+
+    ca = counts(session_factory, answered.job_id)
+    assert ca["status"] == "done" and ca["measured"] == 0 and ca["states"] == {}, ca["error"]
+    assert any(f"job {answered.job_id} task matmul32: answered from the database's best" in r.getMessage()
+               for r in caplog.records)
 
     c2 = counts(session_factory, later.job_id)
     assert c2["status"] == "done" and c2["measured"] == 3, c2["error"]
@@ -254,12 +263,13 @@ def test_resume_after_stop_measures_nothing_twice(db_url: str, session_factory: 
 
 
 def test_cancel_stops_the_runner(db_url: str, session_factory: sessionmaker[Session]) -> None:
-    """No worker: round 1 waits in the queue; the job is cancelled → the runner stops and withdraws it."""
+    """No worker: batches wait in the queue; the job is cancelled → the runner stops and withdraws them."""
     rows = make_job(session_factory, trials=16, per_round=8)
     assert _claim(session_factory, "t") == rows.job_id
     runner = _start(session_factory, rows.job_id, "t", threading.Event(), settings_for(db_url))
-    wait_for(lambda: counts(session_factory, rows.job_id)["states"].get("pending") == 8,
-             timeout_s=60, what="round 1 in the queue", poll_s=0.2)
+    # Pipelined: batch 2 is generated and queued while batch 1 waits for a worker.
+    wait_for(lambda: counts(session_factory, rows.job_id)["states"].get("pending") == 16,
+             timeout_s=60, what="two batches in the queue", poll_s=0.2)
     with session_scope(session_factory) as s:  # what the service does on DELETE /jobs/{id}
         s.execute(update(Job).where(Job.id == rows.job_id).values(status="cancelled"))
     runner.join(timeout=20)
@@ -267,7 +277,7 @@ def test_cancel_stops_the_runner(db_url: str, session_factory: sessionmaker[Sess
     with session_scope(session_factory) as s:
         cancel_candidates(s, task_ids=list(rows.task_ids))  # idempotent beside the runner's own withdrawal
     c = counts(session_factory, rows.job_id)
-    assert c["status"] == "cancelled" and c["states"] == {"cancelled": 8} and c["measured"] == 0
+    assert c["status"] == "cancelled" and c["states"] == {"cancelled": 16} and c["measured"] == 0
 
 
 def test_broken_workload_fails_the_job_loudly(db_url: str, session_factory: sessionmaker[Session],

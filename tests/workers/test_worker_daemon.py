@@ -9,6 +9,7 @@ Measurements are real (real sandbox, real TVM).
 from __future__ import annotations
 
 import json
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ import pytest
 
 from tunehub import errors
 from workers.daemon import WorkerDaemon
+from workers.fleet import WorkerFleet
+from workers.measure import Timing
 
 Reply = tuple[int, dict[str, Any]]
 
@@ -135,9 +138,11 @@ def wait_for(cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
 
 
 def make_daemon(url: str, workload: dict[str, Any], **kw: Any) -> WorkerDaemon:
-    kw.setdefault("number", 1)
-    kw.setdefault("min_repeat_ms", 0)
-    daemon = WorkerDaemon(url, "tok-123", target=workload["target"], name="w1", poll_s=0.05, **kw)
+    timing = {k: kw.pop(k) for k in ("number", "repeat", "min_repeat_ms", "warmup", "cache_flush") if k in kw}
+    timing.setdefault("min_repeat_ms", 0)
+    kw.setdefault("build_workers", 1)
+    kw.setdefault("name", "w1")
+    daemon = WorkerDaemon(url, "tok-123", target=workload["target"], poll_s=0.05, timing=Timing(**timing), **kw)
     daemon.api.backoff_initial_s = 0.02  # keep the retry test fast
     return daemon
 
@@ -159,10 +164,15 @@ def test_batch_measured_and_reported_after_outages(service: FakeService, workloa
     register = service.calls("/workers")[-1]
     assert register["target"] == workload["target"] and register["hardware"]["cores"] >= 1
     assert all(auth == "Bearer tok-123" for _, _, auth in service.requests)
-    good, bad = (body["results"][0] for body in service.calls("/results"))
+    # The build error is known after the build phase, before the good candidate is timed.
+    bad, good = (body["results"][0] for body in service.calls("/results"))
     assert good["candidate_id"] == 100 and len(good["run_secs"]) == 2 and good["error"] is None
     assert bad["candidate_id"] == 101 and bad["run_secs"] is None and bad["error"].startswith("apply trace:")
     assert all(body["worker_id"] == 7 for body in service.calls("/results"))
+    first, second = (body["calibration"] for body in service.calls("/results"))
+    assert first["status"] == "ok" and first["samples"] >= 1 and first["baseline_s"] > 0
+    assert second is None  # unchanged since the last report: not sent again
+    assert isinstance(good["flagged"], bool)  # True when other processes shared its cores (machine-dependent)
     assert service.calls("/heartbeat")  # beat while measuring (first candidate builds a reference)
     assert not service.calls("/release")  # nothing left to hand back
 
@@ -211,7 +221,7 @@ def test_stop_mid_batch_releases_the_rest(service: FakeService, workload: dict[s
     service.routes["leases/release"] = lambda p, b: (200, {"released": 3})
     # A minute per timing run: the first candidate is still being timed when we stop.
     daemon = make_daemon(service.url, workload, min_repeat_ms=60_000, heartbeat_s=0.05)
-    daemon.sandbox.start()  # so that the sleep below is spent measuring, not starting
+    daemon.measurer.start()  # so that the sleep below is spent measuring, not starting
     thread, raised = start(daemon)
     wait_for(lambda: len(service.calls("/heartbeat")) >= 2)
     time.sleep(2)  # reference and check done: now inside the one-minute timing
@@ -222,3 +232,51 @@ def test_stop_mid_batch_releases_the_rest(service: FakeService, workload: dict[s
     assert time.monotonic() - stopped_at < 10  # the measurement in flight was abandoned
     assert not service.calls("/results")
     assert service.calls("/leases/3/release") == [{"worker_id": 7}]
+
+
+def test_fleet_runs_a_daemon_per_device_and_a_failure_stops_all(service: FakeService, workload: dict[str, Any]) -> None:
+    ids = {"lab-cuda0": 1, "lab-cuda1": 2}
+    service.routes["workers"] = lambda p, b: (200, {**registered(p, b)[1], "id": ids[b["name"]]})
+    service.routes["leases"] = no_work
+    daemons = [make_daemon(service.url, workload, name=n, calibrate_every_s=0, build_workers=0) for n in ids]
+    fleet = WorkerFleet(daemons)
+    raised: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _run_catching(fleet.run, raised), name="fleet-under-test", daemon=True)
+    thread.start()
+    wait_for(lambda: {b["worker_id"] for b in service.calls("/leases")} == {1, 2})  # each leases as itself
+    assert sorted(b["name"] for b in service.calls("/workers")) == ["lab-cuda0", "lab-cuda1"]
+    fleet.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not raised
+
+    # One device's daemon fails (its token is refused): the others stop too, and the error surfaces.
+    service.routes["workers"] = lambda p, b: (
+        (401, {"error": "unauthorized", "detail": "revoked"}) if b["name"] == "lab-cuda1" else registered(p, b)
+    )
+    daemons = [make_daemon(service.url, workload, name=n, calibrate_every_s=0, build_workers=0) for n in ids]
+    fleet = WorkerFleet(daemons)
+    raised.clear()
+    thread = threading.Thread(target=lambda: _run_catching(fleet.run, raised), name="fleet-under-test", daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], errors.Unauthorized)
+    assert all(d.stopping for d in daemons)
+
+
+def _run_catching(fn: Callable[[], None], raised: list[BaseException]) -> None:
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001
+        raised.append(exc)
+
+
+def test_daemon_refuses_targets_it_cannot_measure() -> None:
+    from workers.detect import cuda_target
+
+    with pytest.raises(errors.BadInput, match="no CUDA compiler"):
+        WorkerDaemon("http://127.0.0.1:9", "tok", target=cuda_target("9.0"))
+    if platform.machine() == "x86_64":
+        arm = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 4}
+        with pytest.raises(errors.BadInput, match="cannot run code built for llvm aarch64"):
+            WorkerDaemon("http://127.0.0.1:9", "tok", target=arm)

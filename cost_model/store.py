@@ -1,0 +1,262 @@
+"""Training from the database, and the versioned boosters in ``cost_models``.
+
+``refresh`` is the one entry point the tuner calls (at a job's start and end):
+it reads the measurements of the target key newer than the current version's
+watermark (``max_measurement_id``) and, when they are enough (``min_new`` and
+``min_growth`` of what the model has seen), stores a new version:
+
+- incremental: ``incremental_rounds`` more trees on the new samples only, on
+  top of the current booster (``xgb.train(xgb_model=...)``), cheap: only the
+  new traces are replayed and featurised;
+- from scratch on every measurement of the key once the data has doubled since
+  the last full training (``full_samples``), so the early trees fitted on a
+  handful of workloads do not dominate forever.
+
+Labels use each workload's best over the whole database at training time
+(``cost_model.features.labels``). Boosters are stored as XGBoost's UBJSON
+bytes, never pickled. Versions only grow; ``latest`` is the current model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cost_model import features
+from db.engine import db_now, session_scope
+from db.models import Candidate, CostModelVersion, Measurement, Workload
+
+log = logging.getLogger(__name__)
+
+FULL_ROUNDS = 200
+INCREMENTAL_ROUNDS = 40
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    target_key: str
+    version: int
+    n_samples: int
+    full_samples: int
+    max_measurement_id: int
+    meta: dict[str, Any]
+    blob: bytes
+    created_at: datetime
+
+
+@dataclass
+class Samples:
+    """Featurised measurements: one row per measurement that replayed."""
+
+    x: np.ndarray
+    y: np.ndarray
+    workload_ids: np.ndarray
+    mean_secs: list[float | None]
+    measurement_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray) -> Samples:
+        return Samples(self.x[idx], self.y[idx], self.workload_ids[idx], [self.mean_secs[i] for i in idx],
+                       self.measurement_ids[idx])
+
+
+def latest(session: Session, *, target_key: str) -> StoredModel | None:
+    row = session.scalars(
+        select(CostModelVersion).where(CostModelVersion.target_key == target_key)
+        .order_by(CostModelVersion.version.desc()).limit(1)
+    ).first()
+    if row is None:
+        return None
+    return StoredModel(row.target_key, row.version, row.n_samples, row.full_samples, row.max_measurement_id,
+                       json.loads(row.meta_json or "{}"), bytes(row.blob), row.created_at)
+
+
+def save(session: Session, *, target_key: str, blob: bytes, n_samples: int, full_samples: int,
+         max_measurement_id: int, meta: dict[str, Any]) -> int:
+    """Store a new version (previous + 1); returns it. Two concurrent savers: one gets an IntegrityError."""
+    current = session.scalar(
+        select(func.max(CostModelVersion.version)).where(CostModelVersion.target_key == target_key))
+    version = int(current or 0) + 1
+    session.add(CostModelVersion(
+        target_key=target_key, version=version, n_samples=n_samples, full_samples=full_samples,
+        max_measurement_id=max_measurement_id, meta_json=json.dumps(meta, sort_keys=True), blob=blob,
+        created_at=db_now(session)))
+    session.flush()
+    return version
+
+
+def count_new(session: Session, *, target_key: str, after_id: int) -> tuple[int, int]:
+    """(how many measurements of the key are newer than ``after_id``, the newest id)."""
+    n, newest = session.execute(
+        select(func.count(), func.max(Measurement.id))
+        .where(Measurement.target_key == target_key, Measurement.id > after_id)
+    ).one()
+    return int(n or 0), int(newest or after_id)
+
+
+@dataclass
+class WorkloadRecords:
+    """The measurements of one workload, replayed: MetaSchedule candidates ready for features."""
+
+    workload_id: int
+    context: Any  # ms.TuneContext
+    candidates: list[Any]  # ms.MeasureCandidate
+    measurement_ids: list[int]
+    mean_secs: list[float | None]
+    best_secs: float | None  # the workload's best on the key in the whole database
+
+
+def load_records(
+    factory: sessionmaker[Session], *, target_key: str, target: dict[str, Any] | str,
+    after_id: int = 0, upto_id: int | None = None, limit: int = 50_000,
+) -> list[WorkloadRecords]:
+    """Measurements of the key with ``after_id < id <= upto_id`` (newest ``limit``), replayed per workload."""
+    from tunehub.tvm_env import prepare_tvm
+
+    target_dict = json.loads(target) if isinstance(target, str) else dict(target)
+    prepare_tvm((str(target_dict["kind"]),))
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from tunehub.tvm_json import apply_trace, workload_from_json
+
+    with session_scope(factory) as session:
+        query = (
+            select(Measurement.id, Measurement.workload_id, Measurement.mean_secs, Candidate.trace_json)
+            .join(Candidate, Candidate.id == Measurement.candidate_id)
+            .where(Measurement.target_key == target_key, Measurement.id > after_id)
+            .order_by(Measurement.id.desc()).limit(limit)
+        )
+        if upto_id is not None:
+            query = query.where(Measurement.id <= upto_id)
+        rows = session.execute(query).all()[::-1]
+        wids = sorted({r[1] for r in rows})
+        best = dict(session.execute(
+            select(Measurement.workload_id, func.min(Measurement.mean_secs))
+            .where(Measurement.target_key == target_key, Measurement.workload_id.in_(wids))
+            .group_by(Measurement.workload_id)).all()) if wids else {}
+        mods = dict(session.execute(select(Workload.id, Workload.mod_json).where(Workload.id.in_(wids))).all()) \
+            if wids else {}
+    by_wl: dict[int, list[tuple[int, float | None, str]]] = defaultdict(list)
+    for mid, wid, mean, trace in rows:
+        by_wl[wid].append((mid, mean, trace))
+    tgt = tvm.target.Target(target_dict)
+    out = []
+    for wid, items in by_wl.items():
+        try:
+            mod = workload_from_json(mods[wid])
+            ctx = ms.TuneContext(mod=mod, target=tgt, task_name=f"workload{wid}", num_threads=1)  # no psutil
+            args_info = list(ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True))
+        except Exception as exc:  # noqa: BLE001  (one broken workload does not stop training)
+            log.warning("workload %d: cannot featurise (%s), skipped", wid, str(exc)[:200])
+            continue
+        recs = WorkloadRecords(wid, ctx, [], [], [], best.get(wid))
+        for mid, mean, trace in items:
+            try:
+                recs.candidates.append(ms.MeasureCandidate(apply_trace(mod, trace), args_info))
+            except Exception:  # noqa: BLE001  (a trace that no longer replays is left out)
+                continue
+            recs.measurement_ids.append(mid)
+            recs.mean_secs.append(mean)
+        if recs.candidates:
+            out.append(recs)
+    return out
+
+
+def featurise(records: list[WorkloadRecords]) -> Samples:
+    """Pooled features and labels of replayed records."""
+    from tvm.s_tir import meta_schedule as ms
+
+    extractor = ms.feature_extractor.PerStoreFeature()
+    xs, ys, ws, secs, ids = [], [], [], [], []
+    for r in records:
+        xs.append(features.extract(r.context, r.candidates, extractor))
+        ys.append(features.labels(r.mean_secs, r.best_secs))
+        ws.extend([r.workload_id] * len(r.candidates))
+        secs.extend(r.mean_secs)
+        ids.extend(r.measurement_ids)
+    if not xs:
+        return Samples(np.zeros((0, features.N_FEATURES), np.float32), np.zeros(0, np.float32),
+                       np.zeros(0, np.int64), [], np.zeros(0, np.int64))
+    return Samples(np.concatenate(xs), np.concatenate(ys), np.asarray(ws, np.int64), secs, np.asarray(ids, np.int64))
+
+
+def load_samples(
+    factory: sessionmaker[Session], *, target_key: str, target: dict[str, Any] | str,
+    after_id: int = 0, upto_id: int | None = None, limit: int = 50_000,
+) -> Samples:
+    """Every measurement of the key with ``after_id < id <= upto_id``, replayed and featurised."""
+    return featurise(load_records(factory, target_key=target_key, target=target, after_id=after_id,
+                                  upto_id=upto_id, limit=limit))
+
+
+def refresh(
+    factory: sessionmaker[Session], *, target_key: str, target: dict[str, Any] | str,
+    min_new: int = 16, min_growth: float = 0.2, nthread: int = 2,
+) -> StoredModel | None:
+    """Retrain and store a new version when the key's data grew enough; returns the current model."""
+    from cost_model.model import booster_from_bytes, booster_to_bytes, train_booster
+
+    with session_scope(factory) as session:
+        current = latest(session, target_key=target_key)
+        after = current.max_measurement_id if current else 0
+        n_new, newest = count_new(session, target_key=target_key, after_id=after)
+    seen = current.n_samples if current else 0
+    if n_new < max(min_new, int(min_growth * seen)):
+        return current
+    full = current is None or seen + n_new >= 2 * max(current.full_samples, 1)
+    samples = load_samples(factory, target_key=target_key, target=target, after_id=0 if full else after,
+                           upto_id=newest)
+    if len(samples) == 0 or not np.any(samples.y > 0):
+        return current
+    if full:
+        booster = train_booster(samples.x, samples.y, rounds=FULL_ROUNDS, nthread=nthread)
+        n_samples, full_samples = len(samples), len(samples)
+    else:
+        assert current is not None
+        booster = train_booster(samples.x, samples.y, rounds=INCREMENTAL_ROUNDS, nthread=nthread,
+                                base=booster_from_bytes(current.blob))
+        n_samples, full_samples = seen + len(samples), current.full_samples
+    meta = {"features": "per-store sum+max+log1p(n)", "n_features": features.N_FEATURES,
+            "training": "full" if full else "incremental", "new_samples": len(samples)}
+    try:
+        with session_scope(factory) as session:
+            racer = latest(session, target_key=target_key)
+            if racer is not None and racer.max_measurement_id >= newest:  # another tuner trained on this data
+                return racer
+            version = save(session, target_key=target_key, blob=booster_to_bytes(booster), n_samples=n_samples,
+                           full_samples=full_samples, max_measurement_id=newest, meta=meta)
+    except IntegrityError:  # another tuner stored this version first: theirs is as good
+        log.info("cost model for %s: another process stored a new version first", target_key[:80])
+        with session_scope(factory) as session:
+            return latest(session, target_key=target_key)
+    with session_scope(factory) as session:
+        stored = latest(session, target_key=target_key)
+    log.info("cost model for %s: version %d trained (%s, %d new samples, %d in all)",
+             target_key[:80], version, meta["training"], len(samples), n_samples)
+    return stored
+
+
+def load_cost_model(
+    factory: sessionmaker[Session], *, target_key: str, num_threads: int = 2, seed: int | None = None,
+) -> Any:
+    """An ``XGBCostModel`` starting from the key's current stored booster (none: trains from scratch)."""
+    from cost_model.model import XGBCostModel, booster_from_bytes
+
+    with session_scope(factory) as session:
+        current = latest(session, target_key=target_key)
+    if current is None:
+        return XGBCostModel(num_threads=num_threads, seed=seed)
+    return XGBCostModel(base=booster_from_bytes(current.blob), base_version=current.version,
+                        num_threads=num_threads, seed=seed)

@@ -1,0 +1,184 @@
+"""The cost model: pooled features, trained from every stored measurement, versioned in the database.
+
+Real TVM: candidates come from MetaSchedule, are built and timed here, stored as
+workers' reports are (``db.queue.complete``), then replayed and featurised.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cost_model import features
+from db.engine import db_now, session_scope
+from db.models import CostModelVersion, Job, Model, Task, Worker, Workload
+from db.queue import complete, enqueue_candidates, lease_candidates
+from tunehub.protocol import CandidateResult
+from tunehub.targets import canonical_target
+from tunehub.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
+from tvm_helpers import CPU_TARGET, matmul_workload, real_candidates
+
+
+@lru_cache(maxsize=8)
+def measured(n: int, seed: int, count: int = 16) -> tuple[tuple[str, tuple[float, ...] | None], ...]:
+    """(trace, run_secs) of ``count`` real candidates of an n³ matmul, measured once per session."""
+    import tvm
+
+    mod = matmul_workload(n)
+    out = []
+    for trace in real_candidates(n, count, seed):
+        lib = tvm.tirx.build(apply_trace(mod, trace).mod, target=tvm.target.Target(CPU_TARGET))
+        dev = tvm.cpu()
+        args = [tvm.runtime.tensor(np.random.rand(*shape).astype(dtype), dev)
+                for _, dtype, shape in json.loads(args_info_json(mod))]
+        out.append((trace, tuple(lib.time_evaluator("main", dev, number=5, repeat=3)(*args).results)))
+    return tuple(out)
+
+
+def store_measurements(factory: sessionmaker[Session], n: int, seed: int) -> str:
+    """A finished job with one task on the n³ matmul and its measurements; returns the target key."""
+    target, key = canonical_target(CPU_TARGET)
+    mod = matmul_workload(n)
+    rows = measured(n, seed)
+    with session_scope(factory) as s:
+        now = db_now(s)
+        model = Model(name="m", sha256=uuid.uuid4().hex * 2, format="onnx", content=b"", size_bytes=0,
+                      input_shapes_json="{}", created_at=now)
+        workload = s.scalar(select(Workload).where(Workload.shash == workload_hash(mod))) or Workload(
+            shash=workload_hash(mod), mod_json=workload_to_json(mod), args_info_json=args_info_json(mod),
+            flops=2.0 * n**3, created_at=now)
+        worker = Worker(name="w", target_json=json.dumps(target), target_key=key, registered_at=now, last_seen_at=now)
+        s.add_all([model, workload, worker])
+        s.flush()
+        job = Job(model_id=model.id, target_json=json.dumps(target), target_key=key, trials=len(rows),
+                  trials_per_round=len(rows), status="done", created_at=now)
+        s.add(job)
+        s.flush()
+        task = Task(job_id=job.id, workload_id=workload.id, name=f"matmul{n}", weight=1)
+        s.add(task)
+        s.flush()
+        ids = enqueue_candidates(s, task_id=task.id, workload_id=workload.id, target_key=key,
+                                 traces=[t for t, _ in rows], round=1)
+        lease, _ = lease_candidates(s, worker_id=worker.id, target_key=key, max_count=len(rows), ttl_s=60)
+        complete(s, lease_id=lease.id, worker_id=worker.id, results=[
+            CandidateResult(candidate_id=cid, run_secs=list(secs) if secs else None, error=None if secs else "x")
+            for cid, (_, secs) in zip(ids, rows)])
+    return key
+
+
+def test_pool_and_labels() -> None:
+    rows = np.arange(2 * features.N_STORE_FEATURES, dtype=np.float32).reshape(2, -1)
+    v = features.pool(rows)
+    assert v.shape == (features.N_FEATURES,)
+    assert np.allclose(v[: features.N_STORE_FEATURES], rows.sum(0))
+    assert np.allclose(v[features.N_STORE_FEATURES: -1], rows.max(0))
+    assert v[-1] == pytest.approx(np.log1p(2))
+    assert not features.pool(np.zeros((0, features.N_STORE_FEATURES))).any()
+    assert features.labels([2.0, None, 1.0, 4.0], 1.0).tolist() == [0.5, 0.0, 1.0, 0.25]
+    assert not features.labels([1.0], None).any()
+
+
+def test_trained_from_the_database_versioned_and_loaded_warm(session_factory: sessionmaker[Session],
+                                                             tmp_path: Path) -> None:
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from cost_model.model import booster_from_bytes
+    from cost_model.store import latest, load_cost_model, refresh
+
+    target, _ = canonical_target(CPU_TARGET)
+    key = store_measurements(session_factory, 32, 0)
+    store_measurements(session_factory, 16, 0)
+
+    first = refresh(session_factory, target_key=key, target=target, min_new=16)
+    assert first is not None and first.version == 1 and first.meta["training"] == "full"
+    assert first.n_samples == first.full_samples == 32
+    assert first.blob[:1] == b"{" and not first.blob.startswith(b"\x80")  # UBJSON, not a pickle
+    booster_from_bytes(first.blob)
+    # Too little new data: no new version.
+    assert refresh(session_factory, target_key=key, target=target, min_new=16).version == 1
+
+    store_measurements(session_factory, 32, 1)  # 16 more: 50 % growth, under 2×: incremental
+    second = refresh(session_factory, target_key=key, target=target, min_new=8)
+    assert second.version == 2 and second.meta["training"] == "incremental"
+    assert second.n_samples == 48 and second.full_samples == 32 and second.meta["new_samples"] == 16
+    with session_scope(session_factory) as s:
+        assert latest(s, target_key=key).version == 2
+        assert len(s.scalars(select(CostModelVersion.id)).all()) == 2
+        assert latest(s, target_key="other") is None
+
+    # A new job's model starts from version 2 and ranks at once (no random warm-up).
+    model = load_cost_model(session_factory, target_key=key, num_threads=1)
+    assert model.base_version == 2
+    mod = matmul_workload(32)
+    ctx = ms.TuneContext(mod=mod, target=tvm.target.Target(target), num_threads=1)
+    info = list(ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True))
+    rows = measured(32, 0)
+    cands = [ms.MeasureCandidate(apply_trace(mod, t), info) for t, _ in rows]
+    before = model.predict(ctx, cands)
+    assert before.shape == (16,) and np.isfinite(before).all() and np.ptp(before) > 0
+    # Trained on these very measurements, it ranks them better than chance.
+    secs = np.array([np.mean(s) for _, s in rows])
+    from cost_model.evaluate import pairwise_accuracy
+
+    assert pairwise_accuracy(before, secs) > 0.6
+
+    # Online: the job's own results add trees on top of the base, which stays as stored.
+    results = [ms.runner.RunnerResult(run_secs=list(s), error_msg=None) for _, s in rows[:8]]
+    model.update(ctx, cands[:8], results)
+    assert model.booster is not model.base and model.n_samples == 8
+    assert np.allclose(booster_from_bytes(second.blob).predict(__import__("xgboost").DMatrix(
+        features.extract(ctx, cands))), model.base.predict(__import__("xgboost").DMatrix(features.extract(ctx, cands))))
+    path = str(tmp_path / "model.json")
+    model.save(path)
+    again = load_cost_model(session_factory, target_key="none-yet", num_threads=1)
+    assert again.base_version is None
+    again.load(path)
+    assert np.allclose(again.predict(ctx, cands), model.predict(ctx, cands))
+
+
+def test_cold_model_is_random_until_warm(session_factory: sessionmaker[Session]) -> None:
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from cost_model.model import XGBCostModel
+
+    target, _ = canonical_target(CPU_TARGET)
+    mod = matmul_workload(32)
+    ctx = ms.TuneContext(mod=mod, target=tvm.target.Target(target), num_threads=1)
+    info = list(ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True))
+    rows = measured(32, 0)
+    cands = [ms.MeasureCandidate(apply_trace(mod, t), info) for t, _ in rows]
+    model = XGBCostModel(num_threads=1, warmup_samples=12, seed=0)
+    results = [ms.runner.RunnerResult(run_secs=list(s), error_msg=None) for _, s in rows]
+    model.update(ctx, cands[:8], results[:8])
+    assert model.booster is None  # under warm-up: random scores
+    model.update(ctx, cands[8:], results[8:])
+    assert model.booster is not None and model.predict(ctx, cands).shape == (16,)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_evaluate_ranks_held_out_beside_metaschedule(db_url: str, session_factory: sessionmaker[Session],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from cost_model.evaluate import main
+
+    key = store_measurements(session_factory, 32, 0)
+    store_measurements(session_factory, 32, 1)
+    store_measurements(session_factory, 16, 0)
+    assert main(["--database-url", db_url, "--target-key", key, "--json"]) == 0
+    scores = {s["model"]: s for s in json.loads(capsys.readouterr().out)}
+    assert set(scores) == {"tunehub", "metaschedule"}
+    for s in scores.values():
+        assert 0 <= s["pairwise_accuracy"] <= 1 and s["workloads"] == 2 and s["test_samples"] >= 4
+    assert main(["--database-url", db_url]) == 0  # the key with most measurements by default
+    assert "| tunehub |" in capsys.readouterr().out
+
+

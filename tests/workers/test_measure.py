@@ -1,0 +1,112 @@
+"""The batch measurer: parallel builds, exclusive runs, flags from calibration and interference."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from typing import Any
+
+import pytest
+from worker_helpers import transposed_b_trace
+
+from workers.detect import available_cores
+from workers.measure import Calibrator, Item, ItemResult, Measurer, Timing
+
+FAST = Timing(number=1, repeat=2, min_repeat_ms=0, warmup=1, cache_flush=True)
+
+
+def _items(workload: dict[str, Any], traces: list[Any]) -> list[Item]:
+    return [Item(100 + i, workload["hash"], workload["mod_json"], t) for i, t in enumerate(traces)]
+
+
+def _collect(measurer: Measurer, items: list[Item]) -> list[ItemResult]:
+    got: list[ItemResult] = []
+    measurer.measure(items, lambda rs: got.extend(rs) or True)
+    return got
+
+
+def test_builds_run_in_parallel_and_runs_alone(workload: dict[str, Any]) -> None:
+    traces = list(workload["traces"]) + [transposed_b_trace(workload["mod"]), '[[["Nope",[],[],[]]],[]]']
+    m = Measurer(workload["target"], build_workers=2, timing=FAST, calibrate_every_s=3600)
+    try:
+        m.start()
+        got = _collect(m, _items(workload, traces))
+    finally:
+        m.close()
+    by_id = {r.candidate_id: r for r in got}
+    assert sorted(by_id) == [100, 101, 102, 103, 104]  # every candidate answered once
+    assert got[0].candidate_id == 104 and got[0].error.startswith("apply trace:")  # build errors come first
+    assert by_id[103].error.startswith("wrong output:")
+    assert all(by_id[i].run_secs and len(by_id[i].run_secs) == 2 for i in (100, 101, 102))
+    builds = [(s, e) for kind, s, e in m.timeline if kind == "build"]
+    runs = [(s, e) for kind, s, e in m.timeline if kind == "run"]
+    assert len(builds) == 5 and len(runs) == 4  # the trace that did not apply built nothing to run
+    # Exclusive runs: no build of ours overlaps any run.
+    assert all(e <= rs or s >= re for s, e in builds for rs, re in runs)
+    # Parallel builds: two builder processes had builds in flight at the same moment.
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(builds) for b in builds[i + 1 :])
+    assert m.calibration is not None and m.calibration.status in ("ok", "degraded") and m.calibration.samples == 1
+
+
+def test_single_process_mode_and_timeouts(workload: dict[str, Any]) -> None:
+    """build_workers=0 builds in the runner; a build that outlives its timeout costs the process."""
+    m = Measurer(workload["target"], build_workers=0, timing=FAST, calibrate_every_s=0, build_timeout_s=60)
+    try:
+        m.start()
+        assert m.calibration is None  # calibration off
+        got = _collect(m, _items(workload, [workload["traces"][0]]))
+        assert got[0].run_secs, got[0].error
+        m.build_timeout_s, m.run_timeout_s = 0.001, 0.001
+        slow = _collect(m, [Item(7, "fresh-hash", workload["mod_json"], workload["traces"][1])])
+        assert slow[0].error is not None and slow[0].error.startswith("timeout: no result after"), slow[0].error
+    finally:
+        m.close()
+
+
+def _burn(cpu: int, seconds: float) -> None:
+    os.sched_setaffinity(0, {cpu})
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None:
+    cpu = available_cores()[-1]
+    slow = Timing(number=1, repeat=4, min_repeat_ms=150, warmup=0, cache_flush=False)
+    m = Measurer(workload["target"], build_workers=1, timing=slow, cpus=[cpu], calibrate_every_s=0)
+    try:
+        m.start()
+        items = _items(workload, [workload["traces"][0]])
+        hog = multiprocessing.get_context("spawn").Process(target=_burn, args=(cpu, 30.0), daemon=True)
+        hog.start()
+        try:
+            time.sleep(0.3)
+            disturbed = _collect(m, items)[0]
+        finally:
+            hog.kill()
+            hog.join()
+    finally:
+        m.close()
+    assert disturbed.run_secs, disturbed.error
+    assert disturbed.others_busy is not None and disturbed.others_busy > 0.2, disturbed
+    assert disturbed.flagged
+
+
+def test_calibrator_judges_by_the_fastest_recent_time() -> None:
+    cal = Calibrator(tolerance=1.3, window=3)
+    assert cal.snapshot().status == "unknown" and not cal.degraded
+    cal.add(2.0e-3)  # taken while busy: the baseline corrects itself later
+    assert cal.snapshot().status == "ok" and cal.ratio == 1.0
+    cal.add(1.0e-3)
+    assert cal.snapshot().baseline_s == 1.0e-3 and not cal.degraded
+    cal.add(1.5e-3)  # 1.5x its best: throttled or overloaded
+    snap = cal.snapshot()
+    assert cal.degraded and snap.status == "degraded" and snap.ratio == 1.5 and snap.samples == 3
+    for _ in range(3):  # permanently slower (a new power profile): the window lets it settle
+        cal.add(1.5e-3)
+    assert not cal.degraded and cal.snapshot().baseline_s == 1.5e-3
+    cal.failed("calibrate: run: boom")
+    assert cal.snapshot().detail == "calibrate: run: boom"
+    with pytest.raises(ValueError):
+        Calibrator(tolerance=1.0)
