@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     tuner_max_jobs: int = Field(2, gt=0, description="Jobs one tuner process runs at once.")
     num_trials_per_iter: int = Field(16, gt=0, description="Candidates per task per search round.")
     search_threads: int = Field(2, gt=0)
+    cost_model: Literal["metaschedule", "tunehub"] = Field(
+        "metaschedule",
+        description="Search cost model: MetaSchedule's XGBModel (default), or tunehub's database-trained one "
+        "(issue 4, still being evaluated: in a demo run it steered a new conv workload to poor first candidates).",
+    )
     tuner_pipeline_depth: int = Field(
         2, ge=1, description="Batches of a job queued at once: the next is generated while workers measure "
         "the current one. 1 when the tuner shares its cores with the only worker (timings stay clean)."

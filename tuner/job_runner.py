@@ -95,7 +95,7 @@ def run_job(
         session_factory=session_factory,
         owner=owner,
         stop=stop,
-        config=search_config or SearchConfig(),
+        config=search_config or SearchConfig(cost_model=settings.cost_model),
     ).run()
 
 
