@@ -13,7 +13,8 @@ watermark (``max_measurement_id``) and, when they are enough (``min_new`` and
   handful of workloads do not dominate forever.
 
 Labels use each workload's best over the whole database at training time
-(``cost_model.features.labels``). Boosters are stored as XGBoost's UBJSON
+(``cost_model.features.labels``). Flagged measurements (timed while the worker
+was degraded or its CPUs were shared) are left out of training and labels. Boosters are stored as XGBoost's UBJSON
 bytes, never pickled. Versions only grow; ``latest`` is the current model.
 """
 
@@ -135,7 +136,8 @@ def load_records(
         query = (
             select(Measurement.id, Measurement.workload_id, Measurement.mean_secs, Candidate.trace_json)
             .join(Candidate, Candidate.id == Measurement.candidate_id)
-            .where(Measurement.target_key == target_key, Measurement.id > after_id)
+            .where(Measurement.target_key == target_key, Measurement.id > after_id,
+                   Measurement.flagged.is_(False))  # disturbed timings would teach it noise
             .order_by(Measurement.id.desc()).limit(limit)
         )
         if upto_id is not None:
@@ -144,7 +146,8 @@ def load_records(
         wids = sorted({r[1] for r in rows})
         best = dict(session.execute(
             select(Measurement.workload_id, func.min(Measurement.mean_secs))
-            .where(Measurement.target_key == target_key, Measurement.workload_id.in_(wids))
+            .where(Measurement.target_key == target_key, Measurement.workload_id.in_(wids),
+                   Measurement.flagged.is_(False))
             .group_by(Measurement.workload_id)).all()) if wids else {}
         mods = dict(session.execute(select(Workload.id, Workload.mod_json).where(Workload.id.in_(wids))).all()) \
             if wids else {}

@@ -156,6 +156,7 @@ class TaskSpec:
     shash: str
     mod_json: str
     args_info_json: str
+    flops: float | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ def load_job(session: Session, *, job_id: int) -> JobSpec:
     if job is None:
         raise NotFound(f"job {job_id} does not exist")
     rows = session.execute(
-        select(Task.id, Task.name, Task.weight, Workload.id, Workload.shash, Workload.mod_json, Workload.args_info_json)
+        select(Task.id, Task.name, Task.weight, Workload.id, Workload.shash, Workload.mod_json, Workload.args_info_json,
+               Workload.flops)
         .join(Workload, Workload.id == Task.workload_id)
         .where(Task.job_id == job_id)
         .order_by(Task.id)

@@ -65,6 +65,8 @@ class Workload(Base):
     mod_json: Mapped[str] = mapped_column(Text)  # tvm.ir.save_json(mod)
     args_info_json: Mapped[str] = mapped_column(Text)  # ArgInfo JSON list of the PrimFunc
     flops: Mapped[float | None] = mapped_column(Float)
+    # Shape- and dtype-free skeleton key (tuner.transfer.family_key); filled lazily by the tuner.
+    family: Mapped[str | None] = mapped_column(String(16), index=True)
     created_at: Mapped[datetime]
 
 

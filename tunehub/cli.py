@@ -194,6 +194,8 @@ def worker(
             "calibrate_every_s": pick(calibrate_every_s, settings.worker_calibrate_every_s),
             "calibration_tolerance": settings.worker_calibration_tolerance,
             "interference_tolerance": settings.worker_interference_tolerance,
+            "interference_retries": settings.worker_interference_retries,
+            "quiet_wait_s": settings.worker_quiet_wait_s,
         }
         workers_per_device = pick(build_workers, settings.worker_build_workers)
         if workers_per_device is not None:

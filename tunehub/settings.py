@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     )
 
     # Workers (`tunehub worker`; every one is also a command-line option)
-    worker_build_timeout_s: float = Field(60.0, gt=0, description="A candidate's build is killed after this long.")
+    worker_build_timeout_s: float = Field(
+        30.0, gt=0, description="A candidate's build is killed after this long (MetaSchedule's LocalBuilder default)."
+    )
     worker_run_timeout_s: float = Field(
         60.0, gt=0, description="A candidate's check and timing is killed after this long (twice for a workload's first)."
     )
@@ -89,6 +91,12 @@ class Settings(BaseSettings):
     )
     worker_interference_tolerance: float = Field(
         0.2, ge=0, description="Flag a result when other processes used more than this share of its cores."
+    )
+    worker_interference_retries: int = Field(
+        2, ge=0, description="Times a disturbed run is timed again, after waiting for quiet CPUs; the least disturbed counts."
+    )
+    worker_quiet_wait_s: float = Field(
+        10.0, ge=0, description="How long a disturbed run waits for other processes to leave its CPUs alone."
     )
     worker_cuda_compiler: str = Field("auto", description="auto, nvcc or nvrtc: how CUDA source becomes a binary.")
 

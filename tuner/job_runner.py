@@ -11,7 +11,9 @@ back to its task's search (cost model, strategy) and to the scheduler.
 
 A workload the database already has a best config for (a finished job measured
 it on this target key) is answered from it at once, with no trials, unless the
-job asks to ``retune``. A task whose best stops improving stops early
+job asks to ``retune``. A workload the key has never measured starts from its
+family (``tuner.transfer``): its first batch is the best schedules of the same
+operator at other shapes, adapted. A task whose best stops improving stops early
 (``SearchConfig.patience_trials``); one whose space is exhausted stops too.
 
 The cost model is ``cost_model.XGBCostModel``, warm from the target key's stored
@@ -113,6 +115,7 @@ class _Task:
     search: TaskSearch
     done: int = 0  # this job's measurements of the task
     valid: int = 0
+    transfer_pending: bool = False  # new to the key: carry its family's bests over before its first batch
 
 
 @dataclass
@@ -384,6 +387,8 @@ class _JobRun:
             task.search.warm_start([r.trace_json for r in known], [_outcome(r) for r in known])
         if fleet:
             log.info("job %d task %s: warmed with the fleet's %d best measurements", spec.id, task.spec.name, len(fleet))
+        elif not rows:
+            task.transfer_pending = True  # at its first batch: by then its siblings may have measurements
         own = [_outcome(r).mean_secs for r in measured]
         self.scheduler.seed(task.spec.id, trials=len(measured), best=min((m for m in own if m), default=None))
         waiting = [r for r in rows if not r.measured and r.state in (PENDING, LEASED)]
@@ -394,9 +399,56 @@ class _JobRun:
             resumed.inflight[row.candidate_id] = (task, proposal)
         self.used += len(measured) + len(waiting)
 
+    def _transfer(self, spec: JobSpec, task: _Task) -> None:
+        """A workload new to the key: its first batch measures its family's best schedules, adapted.
+
+        Called when the task's first batch is proposed, so a job's later tasks also
+        start from its earlier tasks of the same family (a model's dense layers).
+
+        Labels the key's measured workloads with their family first (lazily: the
+        key needs TVM). Never fails the job: without transfers the search starts
+        from random samples, as MetaSchedule's does.
+        """
+        limit = min(self.config.transfer_seeds, spec.trials_per_round)
+        if limit <= 0:
+            return
+        from db.families import family_bests, label, unlabelled
+        from tunehub.tvm_json import workload_from_json
+        from tuner.transfer import UNKNOWN_FAMILY, family_key
+
+        try:
+            family = family_key(task.search.mod)
+            with session_scope(self.factory) as session:
+                todo = unlabelled(session, target_key=spec.target_key)
+            keys = {task.spec.workload_id: family}
+            for wid, mod_json in todo:
+                try:
+                    keys[wid] = family_key(workload_from_json(mod_json))
+                except Exception:  # noqa: BLE001  (a module we cannot read: never a family member)
+                    keys[wid] = UNKNOWN_FAMILY
+            with session_scope(self.factory) as session:
+                label(session, keys)
+                members = family_bests(session, family=family, target_key=spec.target_key,
+                                       exclude_workload_id=task.spec.workload_id, flops=task.spec.flops)
+            mods = {m.workload_id: workload_from_json(m.mod_json) for m in members}
+            # Round-robin over members, best first: each member's best before any member's second.
+            depth = max((len(m.traces) for m in members), default=0)
+            sources = [(mods[m.workload_id], m.traces[i]) for i in range(depth) for m in members if i < len(m.traces)]
+            added = task.search.add_transfers(sources, limit)
+        except Exception:  # noqa: BLE001
+            log.exception("job %d task %s: carrying schedules over from its family failed; searching cold",
+                          spec.id, task.spec.name)
+            return
+        if sources:
+            log.info("job %d task %s: %d schedules carried over from %d workloads of its family (%d tried)",
+                     spec.id, task.spec.name, added, len(members), len(sources))
+
     def _propose_batch(self, spec: JobSpec, task: _Task, number: int, remaining: int) -> _Round:
         """One batch of ``task`` into the queue (empty when its search had nothing new this time)."""
         rnd = _Round(number=number)
+        if task.transfer_pending:
+            task.transfer_pending = False
+            self._transfer(spec, task)
         unstarted = self.scheduler.unstarted()
         # While some tasks have had no batch yet, leave them an equal share of what is left,
         # so a budget smaller than one batch per task still reaches every task.

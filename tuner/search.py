@@ -63,6 +63,9 @@ class SearchConfig:
     key; ``metaschedule``: MetaSchedule's own ``XGBModel``, cold (what ``tune_tir`` uses)."""
     patience_trials: int = 128
     """A task whose best has not improved by 1 % in this many of its trials stops early."""
+    transfer_seeds: int = 8
+    """A workload new to the target key first measures up to this many of its family's best
+    schedules, adapted to its shapes (``tuner.transfer``); 0 turns that off."""
 
     def strategy(self) -> Any:
         from tvm.s_tir import meta_schedule as ms
@@ -104,10 +107,15 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Proposal:
-    """A candidate ready for the queue: its trace as JSON and MetaSchedule's ``MeasureCandidate``."""
+    """A candidate ready for the queue: its trace as JSON and MetaSchedule's ``MeasureCandidate``.
+
+    ``transferred``: adapted from another workload of the family (``add_transfers``),
+    not proposed by the strategy, so the strategy is not told about its result.
+    """
 
     trace_json: str
     candidate: Any  # ms.MeasureCandidate
+    transferred: bool = False
 
 
 def make_cost_model(*, num_tuning_cores: int, num_warmup_samples: int = DEFAULT_WARMUP_SAMPLES) -> Any:
@@ -182,6 +190,7 @@ class TaskSearch:
             cost_model=self.cost_model,
         )
         self._seen: set[int] = set()  # structural hashes of scheduled modules measured or proposed
+        self._transfers: list[Proposal] = []  # adapted schedules of the family, proposed first
         self._empty_rounds = 0
         self._closed = False
         self.exhausted = False
@@ -221,6 +230,34 @@ class TaskSearch:
             self.observe([p for p, _ in pairs], [o for _, o in pairs], notify=False)
         return [p for p, _ in pairs]
 
+    def add_transfers(self, sources: Sequence[tuple[Any, str]], limit: int) -> int:
+        """Queue up to ``limit`` schedules of other workloads of the family, adapted, for ``propose`` to offer first.
+
+        ``sources``: (their IRModule, a trace JSON of it), best first. Returns how
+        many carried over (replayed on this workload with refitted tiles and
+        passed MetaSchedule's postprocessors); duplicates are dropped.
+        """
+        from tvm.s_tir import meta_schedule as ms
+
+        from tuner.transfer import adapt_trace
+
+        postprocs = list(self.ctx.space_generator.postprocs)
+        added = 0
+        for src_mod, trace_json in sources:
+            if added >= limit:
+                break
+            sch = adapt_trace(src_mod, trace_json, self.mod, postprocs)
+            if sch is None:
+                continue
+            key = self._key(sch)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            self._transfers.append(
+                Proposal(trace_to_json(sch.trace), ms.MeasureCandidate(sch, self.args_info), transferred=True))
+            added += 1
+        return added
+
     def expect(self, proposals: Sequence[Proposal]) -> None:
         """Mark proposals as in flight (queued before this search existed) so they are not proposed again."""
         for p in proposals:
@@ -232,6 +269,9 @@ class TaskSearch:
         """Up to ``n`` new candidates; [] when there are none this round (see ``exhausted``)."""
         if self.exhausted or n <= 0:
             return []
+        if self._transfers:
+            taken, self._transfers = self._transfers[:n], self._transfers[n:]
+            return taken
         cands = self.strategy.generate_measure_candidates()
         if cands is None:
             log.info("task %s: search space exhausted", self.task_name)
@@ -271,7 +311,9 @@ class TaskSearch:
             )
         self.cost_model.update(self.ctx, cands, results)
         if notify:
-            self.strategy.notify_runner_results(cands, results)
+            own = [(c, r) for c, r, p in zip(cands, results, proposals) if not p.transferred]
+            if own:
+                self.strategy.notify_runner_results([c for c, _ in own], [r for _, r in own])
         self.observed += len(proposals)
         for proposal, outcome in zip(proposals, outcomes):
             mean = outcome.mean_secs

@@ -84,7 +84,7 @@ class WorkerDaemon:
         hardware: dict[str, Any] | None = None,
         max_candidates: int = 8,
         poll_s: float = 1.0,
-        build_timeout_s: float = 60.0,
+        build_timeout_s: float = 30.0,
         run_timeout_s: float = 60.0,
         build_workers: int | None = None,
         timing: Timing | None = None,
@@ -95,6 +95,8 @@ class WorkerDaemon:
         calibrate_every_s: float = 30.0,
         calibration_tolerance: float = 1.3,
         interference_tolerance: float = 0.2,
+        interference_retries: int = 2,
+        quiet_wait_s: float = 10.0,
         heartbeat_s: float | None = None,
         http_timeout_s: float = 30.0,
         backoff_max_s: float = 30.0,
@@ -147,6 +149,8 @@ class WorkerDaemon:
             calibrate_every_s=calibrate_every_s,
             calibration_tolerance=calibration_tolerance,
             interference_tolerance=interference_tolerance,
+            interference_retries=interference_retries,
+            quiet_wait_s=quiet_wait_s,
         )
 
     # --- lifecycle ------------------------------------------------------------------

@@ -145,6 +145,25 @@ def test_trained_from_the_database_versioned_and_loaded_warm(session_factory: se
     assert np.allclose(again.predict(ctx, cands), model.predict(ctx, cands))
 
 
+def test_flagged_measurements_are_not_trained_on(session_factory: sessionmaker[Session]) -> None:
+    """Timings a worker flagged (degraded, or its CPUs shared) are left out of the training set."""
+    from sqlalchemy import update
+
+    from cost_model.store import load_samples
+    from db.models import Measurement
+
+    target, _ = canonical_target(CPU_TARGET)
+    key = store_measurements(session_factory, 16, 0)
+    before = load_samples(session_factory, target_key=key, target=target)
+    with session_scope(session_factory) as s:
+        flagged = s.scalars(select(Measurement.id).where(Measurement.target_key == key)
+                            .order_by(Measurement.id).limit(5)).all()
+        s.execute(update(Measurement).where(Measurement.id.in_(flagged)).values(flagged=True))
+    after = load_samples(session_factory, target_key=key, target=target)
+    assert len(before) == 16 and len(after) == 11
+    assert not set(flagged) & set(after.measurement_ids.tolist())
+
+
 def test_cold_model_is_random_until_warm(session_factory: sessionmaker[Session]) -> None:
     import tvm
     from tvm.s_tir import meta_schedule as ms

@@ -299,3 +299,65 @@ def test_a_job_not_ours_is_left_alone(db_url: str, session_factory: sessionmaker
     run_job(rows.job_id, settings=settings_for(db_url), session_factory=session_factory, owner="nobody",
             stop=threading.Event(), search_config=FAST)
     assert counts(session_factory, rows.job_id)["status"] == "queued"
+
+
+@pytest.mark.slow
+def test_a_new_shape_starts_from_its_family(db_url: str, session_factory: sessionmaker[Session],
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """After a 32³ matmul was tuned, a job on 48³ (new to the database) measures the 32³ bests,
+    adapted to 48³, as its first batch: valid measurements of the new shape."""
+    from tuner.transfer import adapt_trace
+    from tunehub.tvm_json import trace_to_json
+
+    caplog.set_level("INFO", logger="tuner")
+    settings = settings_for(db_url)
+    first = make_job(session_factory, sizes=(32,), trials=8, per_round=4)
+    with Measurer(session_factory, first.target_key):
+        assert _claim(session_factory, "t") == first.job_id
+        run_job(first.job_id, settings=settings, session_factory=session_factory, owner="t",
+                stop=threading.Event(), search_config=FAST)
+        second = make_job(session_factory, sizes=(48,), trials=4, per_round=4)
+        assert _claim(session_factory, "t") == second.job_id
+        run_job(second.job_id, settings=settings, session_factory=session_factory, owner="t",
+                stop=threading.Event(), search_config=FAST)
+    c = counts(session_factory, second.job_id)
+    assert c["status"] == "done" and c["measured"] == 4, c["error"]
+    assert any(f"job {second.job_id} task matmul48: 4 schedules carried over from 1 workloads" in r.getMessage()
+               for r in caplog.records)
+    # They are the first job's 4 best, adapted (valid ones first: errors never carry over).
+    with session_scope(session_factory) as s:
+        best_first = s.scalars(
+            select(Candidate.trace_json).join(Measurement, Measurement.candidate_id == Candidate.id)
+            .where(Candidate.task_id == first.task_ids[0], Measurement.mean_secs.is_not(None))
+            .order_by(Measurement.mean_secs, Measurement.id).limit(4)).all()
+        valid_second = s.scalar(select(func.count()).select_from(Measurement).join(
+            Candidate, Candidate.id == Measurement.candidate_id)
+            .where(Candidate.task_id == second.task_ids[0], Measurement.mean_secs.is_not(None)))
+    src, dst = matmul_workload(32), matmul_workload(48)
+    from tvm.s_tir import meta_schedule as ms
+    import tvm
+
+    ctx = ms.TuneContext(mod=dst, target=tvm.target.Target(CPU_TARGET), space_generator="post-order-apply",
+                         search_strategy="evolutionary", num_threads=1)
+    expected = {trace_to_json(adapt_trace(src, t, dst, list(ctx.space_generator.postprocs)).trace) for t in best_first}
+    assert _traces(session_factory, second.job_id) == expected
+    assert valid_second == 4
+
+
+@pytest.mark.slow
+def test_a_later_task_starts_from_an_earlier_sibling(db_url: str, session_factory: sessionmaker[Session],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Within one job: the 48³ task's first batch is proposed after the 32³ task's was measured
+    (pipeline depth 1), so it starts from the 32³ bests."""
+    caplog.set_level("INFO", logger="tuner")
+    settings = settings_for(db_url).model_copy(update={"tuner_pipeline_depth": 1})
+    rows = make_job(session_factory, sizes=(32, 48), trials=8, per_round=4)
+    with Measurer(session_factory, rows.target_key):
+        assert _claim(session_factory, "t") == rows.job_id
+        run_job(rows.job_id, settings=settings, session_factory=session_factory, owner="t",
+                stop=threading.Event(), search_config=FAST)
+    c = counts(session_factory, rows.job_id)
+    assert c["status"] == "done" and c["measured"] == 8, c["error"]
+    carried = [r.getMessage() for r in caplog.records if "carried over" in r.getMessage()]
+    assert carried == [f"job {rows.job_id} task matmul48: 4 schedules carried over from 1 workloads of its family "
+                       "(4 tried)"]

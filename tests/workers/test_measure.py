@@ -72,9 +72,11 @@ def _burn(cpu: int, seconds: float) -> None:
 
 
 def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None:
+    """The hog never stops: the retry (after a short wait for quiet) is disturbed too, so the result is flagged."""
     cpu = available_cores()[-1]
     slow = Timing(number=1, repeat=4, min_repeat_ms=150, warmup=0, cache_flush=False)
-    m = Measurer(workload["target"], build_workers=1, timing=slow, cpus=[cpu], calibrate_every_s=0)
+    m = Measurer(workload["target"], build_workers=1, timing=slow, cpus=[cpu], calibrate_every_s=0,
+                 interference_retries=1, quiet_wait_s=0.5)
     try:
         m.start()
         items = _items(workload, [workload["traces"][0]])
@@ -91,6 +93,35 @@ def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None
     assert disturbed.run_secs, disturbed.error
     assert disturbed.others_busy is not None and disturbed.others_busy > 0.2, disturbed
     assert disturbed.flagged
+
+
+def test_a_disturbed_run_is_timed_again_once_the_cpu_is_quiet(workload: dict[str, Any]) -> None:
+    """A hog on the runner's core for ~2 s: the first timing is disturbed, the runner waits for quiet and
+    times again; the clean attempt is what is reported, unflagged."""
+    cpu = available_cores()[-1]
+    slow = Timing(number=1, repeat=4, min_repeat_ms=150, warmup=0, cache_flush=False)
+    m = Measurer(workload["target"], build_workers=1, timing=slow, cpus=[cpu], calibrate_every_s=0,
+                 interference_retries=2, quiet_wait_s=20)
+    try:
+        m.start()
+        items = _items(workload, [workload["traces"][0]])
+        hog = multiprocessing.get_context("spawn").Process(target=_burn, args=(cpu, 2.0), daemon=True)
+        hog.start()
+        try:
+            time.sleep(0.3)
+            start = time.monotonic()
+            result = _collect(m, items)[0]
+            elapsed = time.monotonic() - start
+        finally:
+            hog.kill()
+            hog.join()
+    finally:
+        m.close()
+    assert result.run_secs, result.error
+    assert result.others_busy is not None and result.others_busy <= 0.2, result
+    assert not result.flagged
+    assert len([t for t in m.timeline if t[0] == "run"]) == 1  # one candidate, one reported run
+    assert elapsed > 1.0  # it waited for the hog to end
 
 
 def test_calibrator_judges_by_the_fastest_recent_time() -> None:

@@ -1,0 +1,100 @@
+"""Workload families in the database: labelling them, and their members' best schedules.
+
+A family is a shape- and dtype-free skeleton key (``tuner.transfer.family_key``;
+it needs TVM, so this module only stores and queries it). The tuner labels
+workloads lazily: ``unlabelled`` lists those measured on a target key whose
+``family`` is still NULL, ``label`` writes the keys back; ``family_bests``
+then answers "what worked for this operator at other shapes on this target".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Candidate, Measurement, Workload
+
+
+@dataclass(frozen=True)
+class MemberBests:
+    """One other member of a family: its module and its fastest distinct traces, best first."""
+
+    workload_id: int
+    mod_json: str
+    flops: float | None
+    traces: list[str]
+
+
+def unlabelled(session: Session, *, target_key: str, limit: int = 1000) -> list[tuple[int, str]]:
+    """(id, mod_json) of workloads measured on the key whose family is not known yet."""
+    measured = select(Measurement.workload_id).where(Measurement.target_key == target_key).distinct()
+    return [
+        (wid, mod_json)
+        for wid, mod_json in session.execute(
+            select(Workload.id, Workload.mod_json)
+            .where(Workload.family.is_(None), Workload.id.in_(measured))
+            .order_by(Workload.id.desc())
+            .limit(limit)
+        ).all()
+    ]
+
+
+def label(session: Session, families: Mapping[int, str]) -> None:
+    """Store computed family keys (idempotent: the key of a workload never changes)."""
+    for wid, family in families.items():
+        session.execute(update(Workload).where(Workload.id == wid).values(family=family))
+
+
+def family_bests(
+    session: Session,
+    *,
+    family: str,
+    target_key: str,
+    exclude_workload_id: int,
+    flops: float | None,
+    max_workloads: int = 4,
+    per_workload: int = 4,
+) -> list[MemberBests]:
+    """The other members of ``family`` measured validly on the key, nearest in FLOPs first.
+
+    Each with its ``per_workload`` fastest traces (unflagged measurements rank
+    before flagged ones, as in best configs).
+    """
+    members = session.execute(
+        select(Workload.id, Workload.mod_json, Workload.flops)
+        .join(Measurement, Measurement.workload_id == Workload.id)
+        .where(
+            Workload.family == family,
+            Workload.id != exclude_workload_id,
+            Measurement.target_key == target_key,
+            Measurement.mean_secs.is_not(None),
+        )
+        .group_by(Workload.id, Workload.mod_json, Workload.flops)
+        .having(func.count() > 0)
+    ).all()
+
+    def distance(f: float | None) -> float:
+        if not f or not flops:
+            return math.inf
+        return abs(math.log(f / flops))
+
+    members = sorted(members, key=lambda m: (distance(m.flops), -m.id))[:max_workloads]
+    out = []
+    for wid, mod_json, wl_flops in members:
+        rows = session.execute(
+            select(Candidate.trace_json)
+            .join(Measurement, Measurement.candidate_id == Candidate.id)
+            .where(
+                Measurement.workload_id == wid,
+                Measurement.target_key == target_key,
+                Measurement.mean_secs.is_not(None),
+            )
+            .order_by(Measurement.flagged, Measurement.mean_secs, Measurement.id)
+            .limit(per_workload)
+        ).scalars().all()
+        out.append(MemberBests(wid, mod_json, wl_flops, list(rows)))
+    return out

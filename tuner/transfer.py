@@ -1,0 +1,104 @@
+"""Schedules carried over between workloads of one family: ``family_key`` and ``adapt_trace``.
+
+Why: MetaSchedule starts every new workload from random samples, even when the
+fleet has tuned the same operator at other shapes (a matmul at 384 and 640
+before one at 512, a model's dense layers at several widths). Loop order,
+vectorisation, unrolling and the inner tile sizes that fit the registers and
+caches carry over well between shapes; only the outer tile factors must change
+so that the tiles still divide the new extents. So a new task's first batch
+measures the best schedules of its family's other members, adapted, and the
+evolutionary search then starts from whichever of them measured best (they are
+in the database like any measurement).
+
+A *family* is a workload's shape- and dtype-free skeleton: its blocks in order,
+with each block's iterator kinds (spatial/reduce), how many buffers it reads
+and writes and their ranks, and its loop depth. Two workloads of a family
+usually accept each other's traces; ``adapt_trace`` checks that one does by
+replaying it (with MetaSchedule's postprocessors, as for any candidate) and
+returns None when it does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from math import gcd
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_FAMILY = "unknown"
+"""The family stored for a workload whose skeleton cannot be read: it matches nothing real."""
+
+
+def _prim_func(mod: Any) -> Any:
+    funcs = list(mod.functions.values())
+    if len(funcs) != 1:
+        raise ValueError(f"a workload has one PrimFunc, this module has {len(funcs)}")
+    return funcs[0]
+
+
+def family_key(mod: Any) -> str:
+    """A 16-hex-digit key equal for workloads that differ only in shapes and dtypes."""
+    from tvm import s_tir
+
+    func = _prim_func(mod)
+    sch = s_tir.Schedule(mod)
+    parts = [f"params:{len(func.params)}"]
+    for block_rv in sch.get_child_blocks(sch.get_sblock("root")):
+        block = sch.get(block_rv)
+        iters = "".join({0: "S", 2: "R"}.get(int(iv.iter_type), "O") for iv in block.iter_vars)
+        reads = ",".join(str(len(r.region)) for r in block.reads)
+        writes = ",".join(str(len(w.region)) for w in block.writes)
+        parts.append(f"{block.name_hint}:{iters}:r{reads}:w{writes}:l{len(sch.get_loops(block_rv))}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def fit_tile(factors: Sequence[int], extent: int) -> list[int]:
+    """Tile ``factors`` (outermost first) changed as little as possible to multiply to ``extent``.
+
+    Inner factors are kept where they divide what is left of the extent (else cut
+    to their greatest common divisor with it); the outermost takes the rest.
+    """
+    out = [1] * len(factors)
+    rest = extent
+    for i in range(len(factors) - 1, 0, -1):
+        out[i] = gcd(int(factors[i]), rest) or 1
+        rest //= out[i]
+    out[0] = rest
+    return out
+
+
+def adapt_trace(src_mod: Any, trace_json: str, dst_mod: Any, postprocs: Sequence[Any]) -> Any | None:
+    """``trace_json`` (a schedule of ``src_mod``) replayed on ``dst_mod`` with tiles refitted.
+
+    Returns the new schedule (postprocessed, ready to measure) or None when the
+    trace does not carry over.
+    """
+    import tvm
+    from tvm import s_tir
+
+    from tunehub.tvm_json import apply_trace
+
+    try:
+        trace = apply_trace(src_mod, trace_json).trace
+        dst = s_tir.Schedule(dst_mod)
+
+        def refit(inst: Any, inputs: Any, attrs: Any, decision: Any) -> Any:
+            if inst.kind.name != "SamplePerfectTile" or decision is None:
+                return decision
+            extent = dst.get(inputs[0]).extent
+            if not isinstance(extent, tvm.tirx.IntImm):
+                return decision
+            return fit_tile([int(d) for d in decision], int(extent.value))
+
+        trace.apply_to_schedule(dst, remove_postproc=True, decision_provider=refit)
+        dst.enter_postproc()  # as MetaSchedule marks it, so replays can tell the postprocessing apart
+        for postproc in postprocs:
+            if not postproc.apply(dst):
+                return None
+        return dst
+    except Exception as exc:  # noqa: BLE001  (any TVM error means: this trace does not fit here)
+        log.debug("trace does not carry over: %s", str(exc)[:200])
+        return None
