@@ -6,7 +6,10 @@ Measured in one run, on this machine:
 
 1. Per suite workload, the same trial budget: tunehub (``tunehub serve`` with its
    tuner and ``tunehub worker``, SQLite, one shared database for the suite, as a
-   team runs it) vs ``ms.tune_tir`` run locally as a TVM user would (with
+   team runs it: a workload whose operator the suite tuned before at another
+   shape or dtype — matmul1024 and matmul512_fp16 after matmul512 — starts
+   from those schedules, adapted (``tuner.transfer``); the first of each
+   operator starts cold, as MetaSchedule always does) vs ``ms.tune_tir`` run locally as a TVM user would (with
    ``LocalBuilder(f_build=fast_build)`` — the tensor-intrinsic fix of TVM_NOTES §1 —
    and ``LocalRunner`` with its timing settings: number 3, repeat 1,
    min_repeat_ms 100, warm caches). The worker times with warm caches too

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Candidate, Measurement, Workload
@@ -29,14 +29,21 @@ class MemberBests:
     traces: list[str]
 
 
+def _measured_on(target_key: str, *, valid: bool = False):  # type: ignore[no-untyped-def]
+    """EXISTS a measurement of the outer workload on the key (by the (workload_id, target_key) index)."""
+    cond = [Measurement.workload_id == Workload.id, Measurement.target_key == target_key]
+    if valid:
+        cond.append(Measurement.mean_secs.is_not(None))
+    return exists().where(*cond)
+
+
 def unlabelled(session: Session, *, target_key: str, limit: int = 1000) -> list[tuple[int, str]]:
     """(id, mod_json) of workloads measured on the key whose family is not known yet."""
-    measured = select(Measurement.workload_id).where(Measurement.target_key == target_key).distinct()
     return [
         (wid, mod_json)
         for wid, mod_json in session.execute(
             select(Workload.id, Workload.mod_json)
-            .where(Workload.family.is_(None), Workload.id.in_(measured))
+            .where(Workload.family.is_(None), _measured_on(target_key))
             .order_by(Workload.id.desc())
             .limit(limit)
         ).all()
@@ -65,16 +72,11 @@ def family_bests(
     before flagged ones, as in best configs).
     """
     members = session.execute(
-        select(Workload.id, Workload.mod_json, Workload.flops)
-        .join(Measurement, Measurement.workload_id == Workload.id)
-        .where(
+        select(Workload.id, Workload.flops).where(
             Workload.family == family,
             Workload.id != exclude_workload_id,
-            Measurement.target_key == target_key,
-            Measurement.mean_secs.is_not(None),
+            _measured_on(target_key, valid=True),
         )
-        .group_by(Workload.id, Workload.mod_json, Workload.flops)
-        .having(func.count() > 0)
     ).all()
 
     def distance(f: float | None) -> float:
@@ -82,9 +84,11 @@ def family_bests(
             return math.inf
         return abs(math.log(f / flops))
 
-    members = sorted(members, key=lambda m: (distance(m.flops), -m.id))[:max_workloads]
+    chosen = sorted(members, key=lambda m: (distance(m.flops), -m.id))[:max_workloads]
+    mods = dict(session.execute(
+        select(Workload.id, Workload.mod_json).where(Workload.id.in_([m.id for m in chosen]))).all()) if chosen else {}
     out = []
-    for wid, mod_json, wl_flops in members:
+    for wid, wl_flops in chosen:
         rows = session.execute(
             select(Candidate.trace_json)
             .join(Measurement, Measurement.candidate_id == Candidate.id)
@@ -96,5 +100,5 @@ def family_bests(
             .order_by(Measurement.flagged, Measurement.mean_secs, Measurement.id)
             .limit(per_workload)
         ).scalars().all()
-        out.append(MemberBests(wid, mod_json, wl_flops, list(rows)))
+        out.append(MemberBests(wid, mods[wid], wl_flops, list(rows)))
     return out

@@ -122,7 +122,10 @@ def tuner_cmd() -> None:
     from tuner.daemon import TunerDaemon
 
     setup_logging()
-    daemon = TunerDaemon(get_settings())
+    settings = get_settings()
+    if settings.tuner_nice:
+        os.nice(settings.tuner_nice)  # before TVM's and XGBoost's threads exist: they inherit it
+    daemon = TunerDaemon(settings)
     _on_sigterm(daemon.stop)
     daemon.run()
 

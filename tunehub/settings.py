@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         description="Search cost model: MetaSchedule's XGBModel (default), or tunehub's database-trained one "
         "(issue 4, still being evaluated: in a demo run it steered a new conv workload to poor first candidates).",
     )
+    tuner_nice: int = Field(
+        10, ge=0, le=19,
+        description="OS niceness of the tuner process: its search is throughput work, a worker's timing run on "
+        "the same machine is not, so the OS gives the tuner what the worker leaves.",
+    )
     tuner_pipeline_depth: int = Field(
         2, ge=1, description="Batches of a job queued at once: the next is generated while workers measure "
         "the current one. 1 when the tuner shares its cores with the only worker (timings stay clean)."

@@ -429,7 +429,8 @@ class _JobRun:
             with session_scope(self.factory) as session:
                 label(session, keys)
                 members = family_bests(session, family=family, target_key=spec.target_key,
-                                       exclude_workload_id=task.spec.workload_id, flops=task.spec.flops)
+                                       exclude_workload_id=task.spec.workload_id, flops=task.spec.flops,
+                                       per_workload=limit)
             mods = {m.workload_id: workload_from_json(m.mod_json) for m in members}
             # Round-robin over members, best first: each member's best before any member's second.
             depth = max((len(m.traces) for m in members), default=0)
