@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
-from math import gcd
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,31 @@ def family_key(mod: Any) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def fit_tile(factors: Sequence[int], extent: int) -> list[int]:
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _nearest_divisor(factor: int, n: int, cap: int | None = None) -> int:
+    """The divisor of ``n`` nearest ``factor`` in ratio (ties: the smaller), at most ``cap``."""
+    options = [d for d in _divisors(n) if cap is None or d <= cap] or [1]
+    return min(options, key=lambda d: (abs(math.log(d / factor)), d))
+
+
+def fit_tile(factors: Sequence[int], extent: int, max_innermost: int | None = None) -> list[int]:
     """Tile ``factors`` (outermost first) changed as little as possible to multiply to ``extent``.
 
-    Inner factors are kept where they divide what is left of the extent (else cut
-    to their greatest common divisor with it); the outermost takes the rest.
+    From the innermost out, each factor is kept where it divides what is left of
+    the extent, else replaced by the nearest divisor of it (a 20-wide tile of a
+    640 loop becomes 16-wide on 512, not 4-wide: register blocking and cache
+    footprint carry over); the outermost takes the rest. The innermost stays
+    within MetaSchedule's ``max_innermost_factor``.
     """
     out = [1] * len(factors)
     rest = extent
     for i in range(len(factors) - 1, 0, -1):
-        out[i] = gcd(int(factors[i]), rest) or 1
+        cap = max_innermost if (i == len(factors) - 1 and max_innermost and max_innermost > 0) else None
+        out[i] = _nearest_divisor(max(1, int(factors[i])), rest, cap)
         rest //= out[i]
     out[0] = rest
     return out
@@ -91,7 +106,8 @@ def adapt_trace(src_mod: Any, trace_json: str, dst_mod: Any, postprocs: Sequence
             extent = dst.get(inputs[0]).extent
             if not isinstance(extent, tvm.tirx.IntImm):
                 return decision
-            return fit_tile([int(d) for d in decision], int(extent.value))
+            max_innermost = int(attrs[1]) if len(attrs) > 1 else None
+            return fit_tile([int(d) for d in decision], int(extent.value), max_innermost)
 
         trace.apply_to_schedule(dst, remove_postproc=True, decision_provider=refit)
         dst.enter_postproc()  # as MetaSchedule marks it, so replays can tell the postprocessing apart

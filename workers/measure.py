@@ -26,7 +26,9 @@ its repeats; the service ranks flagged results after unflagged ones):
 * the calibration kernel, a fixed small matmul the runner times at start and
   before a run phase when the last calibration is older than
   ``calibrate_every_s``: ``degraded`` when it runs ``calibration_tolerance``×
-  slower than its best (throttled, or overloaded for a while; ``Calibrator``);
+  slower than its best (throttled, or overloaded for a while; ``Calibrator``).
+  A calibration that other processes disturbed is retried like a run and,
+  still disturbed, not counted: it would flag a whole batch for a moment's load;
 * interference during the run itself: other processes used more than
   ``interference_tolerance`` of the runner's CPUs while it timed (the
   sandbox's ``CpuLoad``, from /proc/stat), which catches a burst that a
@@ -360,13 +362,25 @@ class Measurer:
 
     def calibrate(self) -> None:
         """Time the calibration kernel once; a failure leaves the status unknown, never raises."""
-        reply = self.runner.call({"op": "calibrate", "target": self.target}, self.run_timeout_s)
+        request = {"op": "calibrate", "target": self.target}
+        reply = self.runner.call(request, self.run_timeout_s)
+        for _ in range(self.interference_retries):
+            if reply.get("interrupted") or reply.get("error") or not self._disturbed(reply):
+                break
+            self._wait_quiet()
+            reply = self.runner.call(request, self.run_timeout_s)
         self._last_calibration = time.monotonic()
         if reply.get("interrupted"):
             return
         if reply.get("error"):
             log.warning("calibration failed: %s", reply["error"])
             self.calibrator.failed(str(reply["error"])[:500])
+            return
+        if self._disturbed(reply):
+            # Other processes on our CPUs say nothing about this machine's own speed (throttling,
+            # a power profile): such a sample would flag every result until the next calibration.
+            log.info("calibration disturbed (other processes used %.0f %% of our CPUs): not counted",
+                     100 * float(reply["others_busy"]))
             return
         self.calibrator.add(float(reply["secs"]))
         snap = self.calibrator.snapshot()

@@ -37,15 +37,20 @@ def _postprocs(mod: object) -> list[object]:
 def test_fit_tile_keeps_inner_factors_and_multiplies_to_the_extent() -> None:
     assert fit_tile([6, 4, 16], 512) == [8, 4, 16]
     assert fit_tile([8, 4, 16], 512) == [8, 4, 16]
-    assert fit_tile([5, 8, 16], 96) == [3, 2, 16]  # 16 fits, 8 does not fit the 6 left: gcd 2
+    assert fit_tile([5, 8, 16], 96) == [1, 6, 16]  # 16 fits; 8 does not fit the 6 left: the nearest divisor, 6
+    assert fit_tile([32, 1, 20], 512) == [32, 1, 16]  # a 20-wide tile of 640 becomes 16-wide, not gcd's 4
     assert fit_tile([1, 7], 1) == [1, 1]
+    assert fit_tile([2, 48], 128, max_innermost=32) == [4, 32]  # MetaSchedule's innermost cap holds
     rng = random.Random(0)
     for _ in range(500):
-        factors = [rng.choice([1, 2, 3, 4, 5, 8, 16, 32]) for _ in range(rng.randint(2, 5))]
+        factors = [rng.choice([1, 2, 3, 4, 5, 8, 16, 20, 32]) for _ in range(rng.randint(2, 5))]
         extent = rng.randint(1, 3000)
-        out = fit_tile(factors, extent)
+        out = fit_tile(factors, extent, max_innermost=64)
         assert int(np.prod(out)) == extent and len(out) == len(factors)
-        assert all(o <= f for o, f in zip(out[1:], factors[1:]))
+        assert out[-1] <= 64
+        # A factor that divides what is left is kept as it is.
+        if extent % factors[-1] == 0:
+            assert out[-1] == factors[-1]
 
 
 def test_family_is_shape_and_dtype_free() -> None:

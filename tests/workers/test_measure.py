@@ -124,6 +124,30 @@ def test_a_disturbed_run_is_timed_again_once_the_cpu_is_quiet(workload: dict[str
     assert elapsed > 1.0  # it waited for the hog to end
 
 
+def test_a_disturbed_calibration_is_not_counted(workload: dict[str, Any]) -> None:
+    """A calibration that shares its core with a hog says nothing about the machine: not counted
+    (it would flag every result until the next one); once the core is free it counts."""
+    cpu = available_cores()[-1]
+    m = Measurer(workload["target"], build_workers=0, cpus=[cpu], calibrate_every_s=3600,
+                 interference_retries=1, quiet_wait_s=0.3)
+    try:
+        m.start()  # calibrates once, on a quiet core
+        assert m.calibration is not None and m.calibration.samples == 1
+        hog = multiprocessing.get_context("spawn").Process(target=_burn, args=(cpu, 30.0), daemon=True)
+        hog.start()
+        try:
+            time.sleep(0.3)
+            m.calibrate()
+            assert m.calibration.samples == 1 and m.calibration.status == "ok"
+        finally:
+            hog.kill()
+            hog.join()
+        m.calibrate()
+        assert m.calibration.samples == 2 and m.calibration.status == "ok"
+    finally:
+        m.close()
+
+
 def test_calibrator_judges_by_the_fastest_recent_time() -> None:
     cal = Calibrator(tolerance=1.3, window=3)
     assert cal.snapshot().status == "unknown" and not cal.degraded
