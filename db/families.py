@@ -9,6 +9,7 @@ then answers "what worked for this operator at other shapes on this target".
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -102,3 +103,25 @@ def family_bests(
         ).scalars().all()
         out.append(MemberBests(wid, mods[wid], wl_flops, list(rows)))
     return out
+
+
+def member_measurements(
+    session: Session, *, workload_id: int, target_key: str, limit: int = 128
+) -> list[tuple[str, tuple[float, ...]]]:
+    """(trace JSON, run seconds) of a workload's newest unflagged valid measurements on the key.
+
+    Good and bad alike (newest, not best): a cost model learns ranking from the spread.
+    """
+    rows = session.execute(
+        select(Candidate.trace_json, Measurement.run_secs_json)
+        .join(Measurement, Measurement.candidate_id == Candidate.id)
+        .where(
+            Measurement.workload_id == workload_id,
+            Measurement.target_key == target_key,
+            Measurement.mean_secs.is_not(None),
+            Measurement.flagged.is_(False),
+        )
+        .order_by(Measurement.id.desc())
+        .limit(limit)
+    ).all()
+    return [(trace, tuple(float(x) for x in json.loads(secs))) for trace, secs in rows]

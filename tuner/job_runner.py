@@ -156,6 +156,7 @@ class _JobRun:
         self.answered: dict[str, float] = {}  # task name -> stored best seconds (0 trials spent)
         self.scheduler = GradientScheduler(patience=config.patience_trials)
         self.used = 0  # candidates of this job that count against the budget (measured or awaited)
+        self.learned_from: set[int] = set()  # family members whose measurements the cost model has had
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -412,7 +413,7 @@ class _JobRun:
         limit = min(self.config.transfer_seeds, spec.trials_per_round)
         if limit <= 0:
             return
-        from db.families import family_bests, label, unlabelled
+        from db.families import family_bests, label, member_measurements, unlabelled
         from tunehub.tvm_json import workload_from_json
         from tuner.transfer import UNKNOWN_FAMILY, family_key
 
@@ -436,13 +437,22 @@ class _JobRun:
             depth = max((len(m.traces) for m in members), default=0)
             sources = [(mods[m.workload_id], m.traces[i]) for i in range(depth) for m in members if i < len(m.traces)]
             added = task.search.add_transfers(sources, limit)
+            learned = 0
+            for m in members:  # each member once per job: the cost model is shared by its tasks
+                if m.workload_id in self.learned_from or m.workload_id in {t.spec.workload_id for t in self.tasks}:
+                    continue
+                self.learned_from.add(m.workload_id)
+                with session_scope(self.factory) as session:
+                    measured = member_measurements(session, workload_id=m.workload_id, target_key=spec.target_key)
+                learned += task.search.learn_from(mods[m.workload_id], measured)
         except Exception:  # noqa: BLE001
             log.exception("job %d task %s: carrying schedules over from its family failed; searching cold",
                           spec.id, task.spec.name)
             return
         if sources:
-            log.info("job %d task %s: %d schedules carried over from %d workloads of its family (%d tried)",
-                     spec.id, task.spec.name, added, len(members), len(sources))
+            log.info("job %d task %s: %d schedules carried over from %d workloads of its family (%d tried); "
+                     "cost model trained on %d of their measurements",
+                     spec.id, task.spec.name, added, len(members), len(sources), learned)
 
     def _propose_batch(self, spec: JobSpec, task: _Task, number: int, remaining: int) -> _Round:
         """One batch of ``task`` into the queue (empty when its search had nothing new this time)."""

@@ -258,6 +258,31 @@ class TaskSearch:
             added += 1
         return added
 
+    def learn_from(self, mod: Any, measured: Sequence[tuple[str, Sequence[float]]]) -> int:
+        """Train the cost model on another workload's measurements (one group of its own, as
+        MetaSchedule groups each task's); returns how many replayed.
+
+        Why: MetaSchedule's ``XGBModel`` scores at random until it has 100 samples, so a new
+        workload's first generations go unguided; its family's measurements on this target
+        let it rank from the first one (``tune_relax`` shares one model across a model's
+        tasks in the same way).
+        """
+        from tvm.s_tir import meta_schedule as ms
+
+        cands, results = [], []
+        args_info = list(ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True))
+        for trace_json, secs in measured:
+            try:
+                cands.append(ms.MeasureCandidate(apply_trace(mod, trace_json), args_info))
+            except Exception:  # noqa: BLE001  (a trace that no longer replays teaches nothing)
+                continue
+            results.append(ms.runner.RunnerResult(run_secs=[float(x) for x in secs], error_msg=None))
+        if cands:
+            ctx = ms.TuneContext(mod=mod, target=self.target, task_name="family",
+                                 num_threads=self.ctx.num_threads)
+            self.cost_model.update(ctx, cands, results)
+        return len(cands)
+
     def expect(self, proposals: Sequence[Proposal]) -> None:
         """Mark proposals as in flight (queued before this search existed) so they are not proposed again."""
         for p in proposals:

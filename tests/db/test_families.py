@@ -7,7 +7,7 @@ import time
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import db_now, session_scope
-from db.families import family_bests, label, unlabelled
+from db.families import family_bests, label, member_measurements, unlabelled
 from db.models import Candidate, Job, Measurement, Model, Task, Worker, Workload
 
 KEY = '{"kind":"llvm","test":"families"}'
@@ -83,3 +83,13 @@ def test_labels_and_bests(session_factory: sessionmaker[Session]) -> None:
         other_key = family_bests(s, family="matmul", target_key='{"kind":"cuda"}', exclude_workload_id=0, flops=None)
     assert {b.workload_id for b in unknown_flops} == {ids["mm640"], ids["mm2048"]}
     assert other_key == []
+
+
+def test_member_measurements_are_the_newest_valid_unflagged(session_factory: sessionmaker[Session]) -> None:
+    ids = _measured(session_factory, {"mm": [(3e-3, False), (None, False), (1e-3, True), (2e-3, False), (4e-3, False)]},
+                    flops={})
+    with session_scope(session_factory) as s:
+        rows = member_measurements(s, workload_id=ids["mm"], target_key=KEY, limit=2)
+        everything = member_measurements(s, workload_id=ids["mm"], target_key=KEY)
+    assert rows == [('"mm-4"', (4e-3,)), ('"mm-3"', (2e-3,))]
+    assert [t for t, _ in everything] == ['"mm-4"', '"mm-3"', '"mm-0"']  # no error, nothing flagged

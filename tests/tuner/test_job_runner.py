@@ -322,8 +322,9 @@ def test_a_new_shape_starts_from_its_family(db_url: str, session_factory: sessio
                 stop=threading.Event(), search_config=FAST)
     c = counts(session_factory, second.job_id)
     assert c["status"] == "done" and c["measured"] == 4, c["error"]
+    # ... and the shared cost model learned from all 8 measurements of the 32³ task.
     assert any(f"job {second.job_id} task matmul48: 4 schedules carried over from 1 workloads" in r.getMessage()
-               for r in caplog.records)
+               and r.getMessage().endswith("cost model trained on 8 of their measurements") for r in caplog.records)
     # They are the first job's 4 best, adapted (valid ones first: errors never carry over).
     with session_scope(session_factory) as s:
         best_first = s.scalars(
@@ -359,5 +360,6 @@ def test_a_later_task_starts_from_an_earlier_sibling(db_url: str, session_factor
     c = counts(session_factory, rows.job_id)
     assert c["status"] == "done" and c["measured"] == 8, c["error"]
     carried = [r.getMessage() for r in caplog.records if "carried over" in r.getMessage()]
+    # The sibling's measurements already reached the job's shared cost model: not fed twice.
     assert carried == [f"job {rows.job_id} task matmul48: 4 schedules carried over from 1 workloads of its family "
-                       "(4 tried)"]
+                       "(4 tried); cost model trained on 0 of their measurements"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -71,6 +73,19 @@ def _burn(cpu: int, seconds: float) -> None:
         pass
 
 
+@contextmanager
+def _hog(cpu: int, seconds: float) -> Iterator[None]:
+    """Another process spinning on ``cpu`` for ``seconds`` (killed on exit), given 0.3 s to get going."""
+    hog = multiprocessing.get_context("spawn").Process(target=_burn, args=(cpu, seconds), daemon=True)
+    hog.start()
+    try:
+        time.sleep(0.3)
+        yield
+    finally:
+        hog.kill()
+        hog.join()
+
+
 def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None:
     """The hog never stops: the retry (after a short wait for quiet) is disturbed too, so the result is flagged."""
     cpu = available_cores()[-1]
@@ -80,14 +95,8 @@ def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None
     try:
         m.start()
         items = _items(workload, [workload["traces"][0]])
-        hog = multiprocessing.get_context("spawn").Process(target=_burn, args=(cpu, 30.0), daemon=True)
-        hog.start()
-        try:
-            time.sleep(0.3)
+        with _hog(cpu, 30.0):
             disturbed = _collect(m, items)[0]
-        finally:
-            hog.kill()
-            hog.join()
     finally:
         m.close()
     assert disturbed.run_secs, disturbed.error
@@ -105,16 +114,10 @@ def test_a_disturbed_run_is_timed_again_once_the_cpu_is_quiet(workload: dict[str
     try:
         m.start()
         items = _items(workload, [workload["traces"][0]])
-        hog = multiprocessing.get_context("spawn").Process(target=_burn, args=(cpu, 2.0), daemon=True)
-        hog.start()
-        try:
-            time.sleep(0.3)
+        with _hog(cpu, 2.0):
             start = time.monotonic()
             result = _collect(m, items)[0]
             elapsed = time.monotonic() - start
-        finally:
-            hog.kill()
-            hog.join()
     finally:
         m.close()
     assert result.run_secs, result.error
@@ -133,15 +136,9 @@ def test_a_disturbed_calibration_is_not_counted(workload: dict[str, Any]) -> Non
     try:
         m.start()  # calibrates once, on a quiet core
         assert m.calibration is not None and m.calibration.samples == 1
-        hog = multiprocessing.get_context("spawn").Process(target=_burn, args=(cpu, 30.0), daemon=True)
-        hog.start()
-        try:
-            time.sleep(0.3)
+        with _hog(cpu, 30.0):
             m.calibrate()
             assert m.calibration.samples == 1 and m.calibration.status == "ok"
-        finally:
-            hog.kill()
-            hog.join()
         m.calibrate()
         assert m.calibration.samples == 2 and m.calibration.status == "ok"
     finally:
