@@ -438,8 +438,9 @@ class _JobRun:
             sources = [(mods[m.workload_id], m.traces[i]) for i in range(depth) for m in members if i < len(m.traces)]
             added = task.search.add_transfers(sources, limit)
             learned = 0
+            siblings = {t.spec.workload_id for t in self.tasks}  # already feed the job's shared cost model
             for m in members:  # each member once per job: the cost model is shared by its tasks
-                if m.workload_id in self.learned_from or m.workload_id in {t.spec.workload_id for t in self.tasks}:
+                if m.workload_id in self.learned_from or m.workload_id in siblings:
                     continue
                 self.learned_from.add(m.workload_id)
                 with session_scope(self.factory) as session:

@@ -61,6 +61,7 @@ from typing import Any
 
 from tunehub.protocol import Calibration
 from workers.sandbox_client import Sandbox, SandboxStartError
+from workers.timing import CpuLoad
 
 log = logging.getLogger("workers.measure")
 
@@ -362,13 +363,7 @@ class Measurer:
 
     def calibrate(self) -> None:
         """Time the calibration kernel once; a failure leaves the status unknown, never raises."""
-        request = {"op": "calibrate", "target": self.target}
-        reply = self.runner.call(request, self.run_timeout_s)
-        for _ in range(self.interference_retries):
-            if reply.get("interrupted") or reply.get("error") or not self._disturbed(reply):
-                break
-            self._wait_quiet()
-            reply = self.runner.call(request, self.run_timeout_s)
+        reply = self._call_undisturbed({"op": "calibrate", "target": self.target}, self.run_timeout_s)
         self._last_calibration = time.monotonic()
         if reply.get("interrupted"):
             return
@@ -459,16 +454,7 @@ class Measurer:
                 device_binaries=built.get("device_binaries") or [],
             )
             timeout = self.run_timeout_s * (1 if self.runner.knows(item.workload_hash) else 2)
-            reply = self.runner.call(req, timeout)
-            for _ in range(self.interference_retries):
-                if reply.get("interrupted") or reply.get("error") or not self._disturbed(reply):
-                    break
-                self._wait_quiet()
-                again = self.runner.call({**req, "check": False}, timeout)  # checked once is enough
-                if again.get("interrupted"):
-                    return None
-                if not again.get("error") and float(again.get("others_busy") or 0) < float(reply.get("others_busy") or 0):
-                    reply = again
+            reply = self._call_undisturbed(req, timeout, retry={**req, "check": False})  # checked once is enough
             if reply.get("interrupted"):
                 return None
             if "t_start" in reply:
@@ -477,14 +463,32 @@ class Measurer:
         finally:
             self._remove(built)
 
+    def _call_undisturbed(
+        self, request: dict[str, Any], timeout: float, retry: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The runner's reply to ``request``; while it was disturbed, wait for quiet CPUs and send
+        ``retry`` (default: the same request) again, up to ``interference_retries`` times.
+
+        Returns the least disturbed successful attempt, or an interrupted reply.
+        """
+        reply = self.runner.call(request, timeout)
+        for _ in range(self.interference_retries):
+            if reply.get("interrupted") or reply.get("error") or not self._disturbed(reply):
+                break
+            self._wait_quiet()
+            again = self.runner.call(retry or request, timeout)
+            if again.get("interrupted"):
+                return again
+            if not again.get("error") and float(again.get("others_busy") or 0) < float(reply.get("others_busy") or 0):
+                reply = again
+        return reply
+
     def _disturbed(self, reply: dict[str, Any]) -> bool:
         others = reply.get("others_busy")
         return others is not None and float(others) > self.interference_tolerance
 
     def _wait_quiet(self) -> bool:
         """Wait until other processes use at most the tolerance of our CPUs (True), or ``quiet_wait_s`` passed."""
-        from workers.timing import CpuLoad
-
         deadline = time.monotonic() + self.quiet_wait_s
         while not self._stop.is_set():
             with CpuLoad(self.cpus) as load:

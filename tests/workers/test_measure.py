@@ -86,12 +86,17 @@ def _hog(cpu: int, seconds: float) -> Iterator[None]:
         hog.join()
 
 
+def _slow_runner(workload: dict[str, Any], cpu: int, *, retries: int, quiet_wait_s: float) -> Measurer:
+    """A measurer pinned to ``cpu`` whose timings last long enough (4 × 150 ms) for a hog to show."""
+    slow = Timing(number=1, repeat=4, min_repeat_ms=150, warmup=0, cache_flush=False)
+    return Measurer(workload["target"], build_workers=1, timing=slow, cpus=[cpu], calibrate_every_s=0,
+                    interference_retries=retries, quiet_wait_s=quiet_wait_s)
+
+
 def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None:
     """The hog never stops: the retry (after a short wait for quiet) is disturbed too, so the result is flagged."""
     cpu = available_cores()[-1]
-    slow = Timing(number=1, repeat=4, min_repeat_ms=150, warmup=0, cache_flush=False)
-    m = Measurer(workload["target"], build_workers=1, timing=slow, cpus=[cpu], calibrate_every_s=0,
-                 interference_retries=1, quiet_wait_s=0.5)
+    m = _slow_runner(workload, cpu, retries=1, quiet_wait_s=0.5)
     try:
         m.start()
         items = _items(workload, [workload["traces"][0]])
@@ -108,9 +113,7 @@ def test_a_disturbed_run_is_timed_again_once_the_cpu_is_quiet(workload: dict[str
     """A hog on the runner's core for ~2 s: the first timing is disturbed, the runner waits for quiet and
     times again; the clean attempt is what is reported, unflagged."""
     cpu = available_cores()[-1]
-    slow = Timing(number=1, repeat=4, min_repeat_ms=150, warmup=0, cache_flush=False)
-    m = Measurer(workload["target"], build_workers=1, timing=slow, cpus=[cpu], calibrate_every_s=0,
-                 interference_retries=2, quiet_wait_s=20)
+    m = _slow_runner(workload, cpu, retries=2, quiet_wait_s=20)
     try:
         m.start()
         items = _items(workload, [workload["traces"][0]])
