@@ -19,6 +19,7 @@ WORKDIR /app
 # Dependencies first, so a code change does not reinstall TVM.
 COPY pyproject.toml README.md ./
 RUN mkdir tunehub && touch tunehub/__init__.py && pip install . && pip uninstall -y tunehub && rm -rf tunehub
+COPY common common
 COPY tunehub tunehub
 COPY db db
 COPY service service

@@ -84,8 +84,8 @@ def candidates(target: dict[str, Any], mod: Any, count: int) -> list[str]:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from tunehub.tvm_env import prepare_tvm
-    from tunehub.tvm_json import trace_to_json
+    from common.tvm_env import prepare_tvm
+    from common.tvm_json import trace_to_json
 
     prepare_tvm(("cuda",))
     ctx = ms.TuneContext(
@@ -108,8 +108,8 @@ def seed_job(db_url: str, target: dict[str, Any], workloads: list[tuple[str, Any
 
     from db import catalog, queue
     from db.engine import make_engine, make_sessionmaker, session_scope
-    from tunehub.targets import canonical_target
-    from tunehub.tvm_json import args_info_json, workload_hash, workload_to_json
+    from common.targets import canonical_target
+    from common.tvm_json import args_info_json, workload_hash, workload_to_json
 
     canonical, key = canonical_target(target)
     engine = make_engine(db_url)
@@ -150,7 +150,7 @@ def measurements(db_url: str) -> dict[int, dict[str, Any]]:
 
 def direct_check(target: dict[str, Any], mod: Any, trace: str, compiler: str | None, workdir: Path) -> dict[str, Any]:
     """One candidate through a builder and a runner sandbox, no service: shows the binary hand-over."""
-    from tunehub.tvm_json import workload_hash, workload_to_json
+    from common.tvm_json import workload_hash, workload_to_json
     from workers.sandbox_client import Sandbox
 
     req = {"workload_hash": workload_hash(mod), "mod_json": workload_to_json(mod), "trace": trace, "target": target}
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     result: dict[str, Any] = {"bench": "gpu_check", "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
-    from tunehub.processes import free_port, spawn, stop, wait_healthy
+    from common.processes import free_port, spawn, stop, wait_healthy
     from tvm_helpers import matmul_workload
     from workers.detect import cuda_target, detect_gpus, find_cuda_compiler
 

@@ -62,7 +62,7 @@ def fixed_candidate(n: int) -> tuple[str, str, str]:
     """(workload hash, mod_json, trace) of one MetaSchedule candidate, seed 0."""
     from tvm_helpers import matmul_workload, real_candidates
 
-    from tunehub.tvm_json import workload_hash, workload_to_json
+    from common.tvm_json import workload_hash, workload_to_json
 
     mod = matmul_workload(n)
     return workload_hash(mod), workload_to_json(mod), real_candidates(n, 1, seed=0)[0]

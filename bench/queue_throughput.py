@@ -54,8 +54,8 @@ from stub_workers import StubFleet, percentile  # noqa: E402
 from db import queue  # noqa: E402
 from db.engine import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
-from tunehub.client import TunehubClient  # noqa: E402
-from tunehub.processes import free_port, spawn, stop, wait_healthy  # noqa: E402
+from common.client import TunehubClient  # noqa: E402
+from common.processes import free_port, spawn, stop, wait_healthy  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("TUNEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGET = {"kind": "llvm", "num-cores": 2}

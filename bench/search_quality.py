@@ -109,7 +109,7 @@ def workload(name: str) -> tuple[Any, float]:
 def _inputs(mod: Any) -> list[Any]:
     import numpy as np
 
-    from tunehub.tvm_json import args_info_json
+    from common.tvm_json import args_info_json
 
     rng = np.random.default_rng(0)
     return [rng.uniform(-1, 1, size=shape).astype(dtype) for _, dtype, shape in json.loads(args_info_json(mod))]
@@ -123,7 +123,7 @@ def child_time(args: argparse.Namespace) -> None:
     import numpy as np
 
     os.environ.setdefault("TVM_NUM_THREADS", "2")
-    from tunehub.tvm_env import prepare_tvm
+    from common.tvm_env import prepare_tvm
 
     prepare_tvm(("llvm",), num_threads=2)
     import tvm
@@ -156,7 +156,7 @@ def child_time(args: argparse.Namespace) -> None:
         lib = tvm.tirx.build(mod, target=target)
         number, repeat, min_ms = 1, 3, 0
     else:
-        from tunehub.tvm_json import apply_trace
+        from common.tvm_json import apply_trace
 
         lib = tvm.tirx.build(apply_trace(mod, Path(args.trace).read_text()).mod, target=target)
         number, repeat, min_ms = 1, 7, 200
@@ -171,7 +171,7 @@ def child_time(args: argparse.Namespace) -> None:
 
 def child_ms_tune(args: argparse.Namespace) -> None:
     """``ms.tune_tir`` as a TVM user runs it; prints wall time, timeline and the best trace."""
-    from tunehub.tvm_env import prepare_tvm
+    from common.tvm_env import prepare_tvm
 
     prepare_tvm(("llvm",), num_threads=2)
     import tvm
@@ -180,7 +180,7 @@ def child_ms_tune(args: argparse.Namespace) -> None:
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     from _ms_build import fast_build
-    from tunehub.tvm_json import trace_to_json
+    from common.tvm_json import trace_to_json
 
     mod, _ = workload(args.workload)
     target = tvm.target.Target(json.loads(args.target))
@@ -220,8 +220,8 @@ class Tunehub:
     """A ``tunehub serve`` (API + tuner, SQLite) and one ``tunehub worker`` in a temp dir."""
 
     def __init__(self, workdir: Path, log: Path) -> None:
-        from tunehub.processes import free_port, spawn, wait_healthy
-        from tunehub.client import TunehubClient
+        from common.processes import free_port, spawn, wait_healthy
+        from common.client import TunehubClient
 
         self.data = workdir / "data"
         port = free_port()
@@ -253,8 +253,8 @@ class Tunehub:
 
         from db.engine import db_now, session_scope
         from db.models import Candidate, Job, Measurement, Model, Task, Workload
-        from tunehub.targets import canonical_target
-        from tunehub.tvm_json import args_info_json, workload_hash, workload_to_json
+        from common.targets import canonical_target
+        from common.tvm_json import args_info_json, workload_hash, workload_to_json
 
         mod, flops = workload(name)
         target, key = canonical_target(self.target)
@@ -299,7 +299,7 @@ class Tunehub:
                 "trials": len(rows)}
 
     def close(self) -> None:
-        from tunehub.processes import stop
+        from common.processes import stop
 
         for proc in reversed(self.procs):
             stop(proc)

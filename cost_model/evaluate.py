@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from db.engine import make_engine, make_sessionmaker, session_scope
     from db.models import Measurement, Worker
-    from tunehub.settings import Settings
+    from common.settings import Settings
 
     url = args.database_url or Settings().resolved_database_url()
     factory = make_sessionmaker(make_engine(url))
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if key is None:
             print("no measurements in the database", file=sys.stderr)
             return 1
-        # The key is the canonical target JSON (tunehub.targets.canonical_target).
+        # The key is the canonical target JSON (common.targets.canonical_target).
         target = session.scalar(select(Worker.target_json).where(Worker.target_key == key).limit(1)) or key
     scores = evaluate(factory, target_key=key, target=target, holdout=args.holdout, k=args.k, seed=args.seed)
     if args.json:

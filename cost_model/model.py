@@ -124,7 +124,7 @@ class XGBCostModel(PyCostModel):
     def update(self, context: Any, candidates: list[Any], results: list[Any]) -> None:
         if not candidates:
             return
-        from tunehub.tvm_json import workload_hash
+        from common.tvm_json import workload_hash
 
         x = self._extract(context, candidates)
         group = self.groups.setdefault(workload_hash(context.mod), _Group())

@@ -123,14 +123,14 @@ def load_records(
     after_id: int = 0, upto_id: int | None = None, limit: int = 50_000,
 ) -> list[WorkloadRecords]:
     """Measurements of the key with ``after_id < id <= upto_id`` (newest ``limit``), replayed per workload."""
-    from tunehub.tvm_env import prepare_tvm
+    from common.tvm_env import prepare_tvm
 
     target_dict = json.loads(target) if isinstance(target, str) else dict(target)
     prepare_tvm((str(target_dict["kind"]),))
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from tunehub.tvm_json import apply_trace, workload_from_json
+    from common.tvm_json import apply_trace, workload_from_json
 
     with session_scope(factory) as session:
         query = (

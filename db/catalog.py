@@ -3,7 +3,7 @@
 Everything the service stores or reports that is not the queue itself (that is
 ``db.queue``). Functions are keyword-only, take the caller's session (one
 ``session_scope`` per request) and never commit. What crosses into service/
-is either a ``tunehub.protocol`` model or, for the route code that needs the
+is either a ``common.protocol`` model or, for the route code that needs the
 row itself (a model's bytes, a worker's token), the ORM row.
 
 Inserts that two service replicas may race on (a known admin token, the same
@@ -31,8 +31,8 @@ from db import queue
 from db.engine import db_now
 from db.models import Candidate, Job, Measurement, Model, Task, Token, Worker, Workload
 from db.records import BestRecord
-from tunehub.errors import BadInput, Conflict, NotFound
-from tunehub.protocol import (
+from common.errors import BadInput, Conflict, NotFound
+from common.protocol import (
     Calibration,
     CandidateWire,
     JobPublic,

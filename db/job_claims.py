@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from db.engine import db_now
 from db.models import Candidate, Job, Measurement, Task, Workload
-from tunehub.errors import BadInput, NotFound
-from tunehub.protocol import JobStatus
+from common.errors import BadInput, NotFound
+from common.protocol import JobStatus
 
 QUEUED = JobStatus.queued.value
 RUNNING = JobStatus.running.value

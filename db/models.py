@@ -36,7 +36,7 @@ class Token(Base):
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(16))  # tunehub.protocol.Role
+    role: Mapped[str] = mapped_column(String(16))  # common.protocol.Role
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
@@ -80,7 +80,7 @@ class Job(Base):
     trials_per_round: Mapped[int] = mapped_column(Integer)
     # False: a workload already tuned for this target key is answered from its stored best, 0 trials.
     retune: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    status: Mapped[str] = mapped_column(String(16), index=True)  # tunehub.protocol.JobStatus
+    status: Mapped[str] = mapped_column(String(16), index=True)  # common.protocol.JobStatus
     error: Mapped[str | None] = mapped_column(Text)
     tuner_owner: Mapped[str | None] = mapped_column(String(200))
     tuner_heartbeat_at: Mapped[datetime | None]
@@ -116,7 +116,7 @@ class Worker(Base):
     target_key: Mapped[str] = mapped_column(String(1000), index=True)
     registered_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
-    calibration_json: Mapped[str | None] = mapped_column(Text)  # tunehub.protocol.Calibration, as last reported
+    calibration_json: Mapped[str | None] = mapped_column(Text)  # common.protocol.Calibration, as last reported
 
 
 class Lease(Base):
@@ -141,7 +141,7 @@ class Candidate(Base):
     target_key: Mapped[str] = mapped_column(String(1000))
     trace_json: Mapped[str] = mapped_column(Text)
     round: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16))  # tunehub.protocol.CandidateState
+    state: Mapped[str] = mapped_column(String(16))  # common.protocol.CandidateState
     lease_id: Mapped[int | None] = mapped_column(ForeignKey("leases.id"), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # times leased
     created_at: Mapped[datetime]

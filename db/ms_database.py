@@ -49,7 +49,7 @@ from tvm.target import Target
 
 from db.engine import db_now, session_scope
 from db.models import Candidate, Measurement, Workload
-from tunehub.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
+from common.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class SqlDatabase(PyDatabase):
             known = self._by_id.get(row_id)
         if known is not None:
             return known
-        from tunehub.tvm_json import workload_from_json
+        from common.tvm_json import workload_from_json
 
         with session_scope(self._factory) as session:
             mod_json = session.scalar(select(Workload.mod_json).where(Workload.id == row_id))

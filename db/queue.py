@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 
 from db.engine import db_now
 from db.models import Candidate, Lease, Measurement, Worker
-from tunehub.errors import BadInput, LeaseLost, NotFound
-from tunehub.protocol import CandidateResult, CandidateState, ResultsAck
+from common.errors import BadInput, LeaseLost, NotFound
+from common.protocol import CandidateResult, CandidateState, ResultsAck
 
 # How stale a worker's last_seen_at may get before a lease stamps it again.
 WORKER_SEEN_RESOLUTION_S = 5.0

@@ -24,15 +24,15 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 
-import tunehub
+import common
 from db import catalog
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.migrate import upgrade
 from service.errors import install_error_handlers
 from service.limits import ConcurrencyLimit
 from service.routes import configs, health, jobs, leases, models, tokens, workers
-from tunehub.protocol import ErrorBody, Role
-from tunehub.settings import Settings, get_settings
+from common.protocol import ErrorBody, Role
+from common.settings import Settings, get_settings
 
 log = logging.getLogger("tunehub.service")
 
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="tunehub",
-        version=tunehub.__version__,
+        version=common.__version__,
         description="An autotuning service for Apache TVM: submit models, lease candidates, download best configs.",
         lifespan=lifespan,
         responses={code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)},

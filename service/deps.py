@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import catalog
 from db.engine import session_scope
 from db.models import Worker
-from tunehub.errors import Forbidden, Unauthorized
-from tunehub.protocol import Role
-from tunehub.settings import Settings
+from common.errors import Forbidden, Unauthorized
+from common.protocol import Role
+from common.settings import Settings
 
 
 async def get_settings(request: Request) -> Settings:

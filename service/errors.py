@@ -1,6 +1,6 @@
 """One mapping from errors to JSON bodies: ``{"error": code, "detail": message}``.
 
-- ``tunehub.errors.*`` carry their own status and code;
+- ``common.errors.*`` carry their own status and code;
 - request validation (FastAPI/pydantic) is 422 ``bad_input`` with a readable detail;
 - unknown routes and methods keep their status (404/405) but answer in JSON;
 - a lost database connection is 503 ``unavailable`` (workers retry on it);
@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunehub.errors import TunehubError, Unauthorized
+from common.errors import TunehubError, Unauthorized
 
 log = logging.getLogger("tunehub.service")
 

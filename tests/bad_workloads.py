@@ -50,7 +50,7 @@ def bf16_vector_store_trace(n: int = 64) -> str:
     from tvm import s_tir
     from tvm_helpers import matmul_workload
 
-    from tunehub.tvm_json import trace_to_json
+    from common.tvm_json import trace_to_json
 
     sch = s_tir.Schedule(matmul_workload(n, "bfloat16"))
     block = sch.get_sblock("C")

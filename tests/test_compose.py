@@ -21,7 +21,7 @@ import yaml
 from sqlalchemy import make_url
 
 from tunehub.cli import app
-from tunehub.settings import Settings
+from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_every_tunehub_variable_is_a_setting(services: dict[str, Any]) -> None:
         keys = [e.split("=", 1)[0] for e in env] if isinstance(env, list) else list(env)
         for key in keys:
             if key.startswith("TUNEHUB_"):
-                assert key in fields, f"{name}: {key} is not a field of tunehub.settings.Settings"
+                assert key in fields, f"{name}: {key} is not a field of common.settings.Settings"
                 used.add(key)
     assert {"TUNEHUB_DATABASE_URL", "TUNEHUB_ADMIN_TOKEN", "TUNEHUB_TOKEN"} <= used
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tunehub.errors import BadInput
-from tunehub.targets import canonical_target, target_label
+from common.errors import BadInput
+from common.targets import canonical_target, target_label
 
 
 def test_spellings_of_one_target_share_a_key() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from tunehub.tvm_env import prepare_tvm
+from common.tvm_env import prepare_tvm
 
 CPU_TARGET: dict[str, Any] = {"kind": "llvm", "num-cores": 2}
 
@@ -29,7 +29,7 @@ def real_candidates(n: int = 64, count: int = 4, seed: int = 0) -> tuple[str, ..
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from tunehub.tvm_json import trace_to_json
+    from common.tvm_json import trace_to_json
 
     mod = matmul_workload(n)
     ctx = ms.TuneContext(

@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunehub.logs import setup_logging
-from tunehub.settings import get_settings
+from common.logs import setup_logging
+from common.settings import get_settings
 
 app = typer.Typer(help="tunehub: an autotuning service for TVM over your lab's hardware.", no_args_is_help=True)
 token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
@@ -30,7 +30,7 @@ TokenOpt = Annotated[Optional[str], typer.Option("--token", help="API token (env
 
 
 def _client(server: str | None, token: str | None):  # type: ignore[no-untyped-def]
-    from tunehub.client import TunehubClient
+    from common.client import TunehubClient
 
     settings = get_settings()
     token = token or settings.token
@@ -95,7 +95,7 @@ def serve(
     import uvicorn
 
     from service.app import create_app
-    from tunehub.processes import spawn, stop
+    from common.processes import spawn, stop
 
     setup_logging()
     settings = get_settings()
@@ -158,7 +158,7 @@ def worker(
 
     Settings not given here come from TUNEHUB_WORKER_* (see tunehub/settings.py).
     """
-    from tunehub.errors import BadInput
+    from common.errors import BadInput
     from workers.detect import parse_cpu_list
     from workers.fleet import WorkerFleet, daemons_for, plan_devices
     from workers.measure import Timing
@@ -219,7 +219,7 @@ def token_create(
     token: TokenOpt = None,
 ) -> None:
     """Create a token (needs an admin token); prints it once."""
-    from tunehub.client import ApiError
+    from common.client import ApiError
 
     try:
         with _client(server, token) as client:
@@ -240,7 +240,7 @@ def submit(
     token: TokenOpt = None,
 ) -> None:
     """Upload a model and start a tuning job for a target."""
-    from tunehub.client import ApiError
+    from common.client import ApiError
 
     try:
         with _client(server, token) as client:
@@ -290,7 +290,7 @@ def status(
     token: TokenOpt = None,
 ) -> None:
     """Show a job's progress: trials per task and best latency."""
-    from tunehub.client import ApiError
+    from common.client import ApiError
 
     try:
         with _client(server, token) as client:
@@ -313,7 +313,7 @@ def configs(
 ) -> None:
     """Download the best configs as a MetaSchedule JSON database (loadable by ms.database.JSONDatabase)."""
     from tuner.configs import extract_config_zip
-    from tunehub.client import ApiError
+    from common.client import ApiError
 
     try:
         with _client(server, token) as client:
@@ -337,7 +337,7 @@ def compile_cmd(
     from tuner.compile import compile_model, measure_latency
     from tuner.intake import inspect_onnx
 
-    from tunehub.errors import TunehubError
+    from common.errors import TunehubError
 
     content = model.read_bytes()
     tgt = _target(target)

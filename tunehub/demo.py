@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tunehub.processes import free_port, spawn, stop, wait_healthy
+from common.processes import free_port, spawn, stop, wait_healthy
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -49,7 +49,7 @@ def _wait_for_worker(client: Any, timeout_s: float = 120.0) -> Any:
 def run_demo(console: Console, *, workdir: Path, trials: int, models: list[str]) -> int:
     from tuner.configs import extract_config_zip
     from tunehub.cli import follow_job
-    from tunehub.client import TunehubClient
+    from common.client import TunehubClient
 
     started = time.monotonic()
     workdir = workdir.resolve()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunehub.errors import BadInput, TunehubError
+from common.errors import BadInput, TunehubError
 from tuner.intake import InputShapes
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def compile_model_stats(
     config_dir: Path | None,
 ) -> CompiledModel:
     """:func:`compile_model`, plus the model's inputs and how many functions the configs tuned."""
-    from tunehub.tvm_env import prepare_tvm
+    from common.tvm_env import prepare_tvm
     from tuner import intake
 
     tgt = intake.as_target(target)
@@ -269,7 +269,7 @@ def _parse_shape(text: str) -> tuple[str, list[int]]:
 
 
 def _parse_target(text: str) -> dict[str, Any]:
-    from tunehub.targets import canonical_target
+    from common.targets import canonical_target
 
     path = Path(text)
     if not text.lstrip().startswith("{") and path.suffix == ".json" and path.is_file():

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from db.records import BestRecord
-from tunehub.errors import BadInput
+from common.errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _write_database(records: Sequence[BestRecord], target: Any, work_dir: Path) 
     """Commit ``records`` into a JSONDatabase under ``work_dir``; returns (workloads committed, skipped)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tunehub.tvm_json import apply_trace, workload_from_json
+    from common.tvm_json import apply_trace, workload_from_json
 
     database = ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=True)
     committed: set[str] = set()
@@ -102,8 +102,8 @@ def build_config_zip(records: Sequence[BestRecord], target: Mapping[str, Any]) -
     Records whose workload or trace cannot be loaded are left out and listed
     under ``skipped`` in ``manifest.json``. Raises BadInput for an invalid target.
     """
-    from tunehub.targets import canonical_target
-    from tunehub.tvm_env import prepare_tvm
+    from common.targets import canonical_target
+    from common.tvm_env import prepare_tvm
 
     canonical, key = canonical_target(dict(target))
     prepare_tvm((str(canonical.get("kind", "llvm")),))  # tensorize traces need the target's intrinsics

@@ -24,8 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.job_claims import claim_job, finish_job
 from db.migrate import upgrade
-from tunehub.protocol import JobStatus
-from tunehub.settings import Settings
+from common.protocol import JobStatus
+from common.settings import Settings
 from tuner.job_runner import run_job
 from tuner.search import SearchConfig
 

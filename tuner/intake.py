@@ -9,7 +9,7 @@ LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR, under
 ``with target, PassContext(opt_level=3)``. ``tests/tuner/test_intake.py`` checks
 the match against ``compile_relax`` itself.
 
-Every problem with the uploaded model is a :class:`tunehub.errors.BadInput`
+Every problem with the uploaded model is a :class:`common.errors.BadInput`
 whose message says what is wrong and, where it can, what to do.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunehub.errors import BadInput
+from common.errors import BadInput
 
 if TYPE_CHECKING:
     import onnx
@@ -219,7 +219,7 @@ def as_target(target: Mapping[str, Any] | Any) -> Any:
 
     if isinstance(target, Target):
         return target
-    from tunehub.targets import canonical_target
+    from common.targets import canonical_target
 
     canonical_target(dict(target))  # BadInput with TVM's reason for an unknown kind or option
     return Target(dict(target))
@@ -266,8 +266,8 @@ def extract_workloads(
     In MetaSchedule's extraction order. Raises BadInput for any problem with the
     model or the target, and for a model with no TIR functions at all.
     """
-    from tunehub.tvm_env import prepare_tvm
-    from tunehub.tvm_json import args_info_json, workload_hash, workload_to_json
+    from common.tvm_env import prepare_tvm
+    from common.tvm_json import args_info_json, workload_hash, workload_to_json
 
     prepare_tvm(())  # install the tensor_intrin stub before MetaSchedule is imported
     from tvm.s_tir import meta_schedule as ms

@@ -64,8 +64,8 @@ from db.job_claims import (
     tuned_workloads,
 )
 from db.queue import CANCELLED, LEASED, PENDING, cancel_candidates, enqueue_candidates
-from tunehub.protocol import JobStatus
-from tunehub.settings import Settings
+from common.protocol import JobStatus
+from common.settings import Settings
 from tuner.scheduler import GradientScheduler
 from tuner.search import Outcome, Proposal, SearchConfig, TaskSearch, make_cost_model
 
@@ -287,7 +287,7 @@ class _JobRun:
 
     def _tune(self, spec: JobSpec) -> str:
         from db.ms_database import SqlDatabase  # imports TVM
-        from tunehub.tvm_json import workload_from_json
+        from common.tvm_json import workload_from_json
 
         self.spec = spec
         if not spec.tasks:
@@ -414,7 +414,7 @@ class _JobRun:
         if limit <= 0:
             return
         from db.families import family_bests, label, member_measurements, unlabelled
-        from tunehub.tvm_json import workload_from_json
+        from common.tvm_json import workload_from_json
         from tuner.transfer import UNKNOWN_FAMILY, family_key
 
         try:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunehub.tvm_json import apply_trace, trace_to_json
+from common.tvm_json import apply_trace, trace_to_json
 
 if TYPE_CHECKING:
     from tvm.ir import IRModule
@@ -151,7 +151,7 @@ class TaskSearch:
         task_name: str = "main",
     ) -> None:
         target_dict = json.loads(target) if isinstance(target, str) else dict(target)
-        from tunehub.tvm_env import prepare_tvm
+        from common.tvm_env import prepare_tvm
 
         with _prepare_lock:
             prepare_tvm((str(target_dict["kind"]),))  # before TuneContext: else a ~50 s import

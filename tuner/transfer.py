@@ -94,7 +94,7 @@ def adapt_trace(src_mod: Any, trace_json: str, dst_mod: Any, postprocs: Sequence
     import tvm
     from tvm import s_tir
 
-    from tunehub.tvm_json import apply_trace
+    from common.tvm_json import apply_trace
 
     try:
         trace = apply_trace(src_mod, trace_json).trace

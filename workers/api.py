@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from tunehub import errors
-from tunehub.protocol import (
+from common import errors
+from common.protocol import (
     HeartbeatRequest,
     HeartbeatResponse,
     LeaseRequest,
@@ -139,7 +139,7 @@ class ServiceClient:
 
         With ``retry`` transient failures are retried until success or stop
         (then ``Stopped``); without it they raise ``TransientError`` at once.
-        4xx replies raise the matching ``tunehub.errors`` class either way.
+        4xx replies raise the matching ``common.errors`` class either way.
         """
         delay = self.backoff_initial_s
         while True:

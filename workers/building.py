@@ -88,7 +88,7 @@ def build_candidate(mod: Any, entry: str, trace: Any, target: Any, *, check: boo
 
 def schedule(mod: Any, trace: Any) -> Any:
     """``mod`` with the candidate's trace replayed; raises on a trace that does not apply."""
-    from tunehub.tvm_json import apply_trace
+    from common.tvm_json import apply_trace
 
     return apply_trace(mod, trace).mod
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from tunehub import errors
-from tunehub.protocol import (
+from common import errors
+from common.protocol import (
     Calibration,
     CandidateResult,
     HeartbeatRequest,
@@ -33,7 +33,7 @@ from tunehub.protocol import (
     ResultsReport,
     WorkerRegister,
 )
-from tunehub.targets import canonical_target, target_label
+from common.targets import canonical_target, target_label
 from workers.api import ServiceClient, Stopped, TransientError
 from workers.detect import (
     NO_CUDA_COMPILER,

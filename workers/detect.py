@@ -27,7 +27,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from tunehub.targets import canonical_target
+from common.targets import canonical_target
 
 # /proc/cpuinfo flag -> LLVM feature, for the vector extensions codegen uses.
 X86_FEATURES: dict[str, str] = {

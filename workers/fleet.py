@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunehub.errors import BadInput
+from common.errors import BadInput
 from workers.daemon import WorkerDaemon, default_build_workers
 from workers.detect import (
     NO_CUDA_COMPILER,

@@ -59,7 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunehub.protocol import Calibration
+from common.protocol import Calibration
 from workers.sandbox_client import Sandbox, SandboxStartError
 from workers.timing import CpuLoad
 

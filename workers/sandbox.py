@@ -191,7 +191,7 @@ class SandboxServer:
         if not text:
             raise _MissingWorkload(f"load workload: workload {key} is unknown to this sandbox and no mod_json was sent")
         with _Stage("load workload"):
-            from tunehub.tvm_json import workload_from_json
+            from common.tvm_json import workload_from_json
 
             mod = workload_from_json(text)
             gvars = mod.get_global_vars()
@@ -247,7 +247,7 @@ class SandboxServer:
                 raise ValueError("no trace in request")
             trace = request["trace"]
             if needs_intrinsics(trace) and not self._intrinsics:
-                from tunehub.tvm_env import prepare_tvm
+                from common.tvm_env import prepare_tvm
 
                 prepare_tvm((self.kind,))
                 self._intrinsics = True
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write(json.dumps(obj, separators=(",", ":")) + "\n")
         out.flush()
 
-    from tunehub.tvm_env import prepare_tvm
+    from common.tvm_env import prepare_tvm
 
     cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else []
     prepare_tvm((), num_threads=len(cpus) or args.num_threads)  # stub only; before TVM's thread pool starts

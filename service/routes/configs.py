@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query, Response
 
 from db import catalog
 from service.deps import CurrentToken, SessionDep, pause_transaction
-from tunehub.errors import BadInput, NotFound
-from tunehub.targets import canonical_target
+from common.errors import BadInput, NotFound
+from common.targets import canonical_target
 
 router = APIRouter(prefix="/configs", tags=["configs"])
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from sqlalchemy import text
 
-import tunehub
+import common
 from service.deps import SessionDep
 
 router = APIRouter(tags=["health"])
@@ -17,4 +17,4 @@ router = APIRouter(tags=["health"])
 def health(session: SessionDep) -> dict[str, Any]:
     """``{"status": "ok", "version": ...}`` after a database round trip (503 when the database is down)."""
     session.execute(text("SELECT 1"))
-    return {"status": "ok", "version": tunehub.__version__}
+    return {"status": "ok", "version": common.__version__}

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Query
 
 from db import catalog
 from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
-from tunehub.protocol import JobCreate, JobPublic, JobStatus
-from tunehub.targets import canonical_target
+from common.protocol import JobCreate, JobPublic, JobStatus
+from common.targets import canonical_target
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

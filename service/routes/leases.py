@@ -11,7 +11,7 @@ from fastapi import APIRouter
 
 from db import catalog, queue
 from service.deps import SessionDep, SettingsDep, WorkerToken, owned_worker
-from tunehub.protocol import (
+from common.protocol import (
     HeartbeatRequest,
     HeartbeatResponse,
     LeaseRequest,

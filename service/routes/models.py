@@ -9,8 +9,8 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from db import catalog
 from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
-from tunehub.errors import BadInput, TooLarge
-from tunehub.protocol import ModelPublic
+from common.errors import BadInput, TooLarge
+from common.protocol import ModelPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from db import catalog
 from service.deps import AdminToken, SessionDep
-from tunehub.protocol import Role, TokenCreate, TokenCreated
+from common.protocol import Role, TokenCreate, TokenCreated
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 

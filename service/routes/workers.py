@@ -6,8 +6,8 @@ from fastapi import APIRouter
 
 from db import catalog
 from service.deps import CurrentToken, SessionDep, WorkerToken, pause_transaction
-from tunehub.protocol import WorkerPublic, WorkerRegister
-from tunehub.targets import canonical_target
+from common.protocol import WorkerPublic, WorkerRegister
+from common.targets import canonical_target
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 

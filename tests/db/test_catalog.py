@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import catalog, queue
 from db.engine import session_scope
 from db.models import Token, Workload
-from tunehub.errors import BadInput, Conflict, NotFound
-from tunehub.protocol import CandidateResult, JobStatus, Role
+from common.errors import BadInput, Conflict, NotFound
+from common.protocol import CandidateResult, JobStatus, Role
 
 KEY = '{"kind":"llvm"}'
 OTHER_KEY = '{"kind":"llvm","num-cores":4}'

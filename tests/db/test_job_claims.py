@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import db_now, session_scope
 from db.job_claims import claim_job, finish_job, job_heartbeat, job_status, release_job
 from db.models import Job, Model
-from tunehub.errors import BadInput
+from common.errors import BadInput
 
 
 def _job(factory: sessionmaker[Session], *, status: str = "queued") -> int:

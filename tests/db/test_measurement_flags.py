@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import catalog, queue
 from db.engine import session_scope
 from db.models import Measurement
-from tunehub.protocol import Calibration, CandidateResult
+from common.protocol import Calibration, CandidateResult
 
 KEY = '{"keys":["cpu"],"kind":"llvm","num-cores":2}'
 

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import catalog, queue
 from db.engine import db_now, session_scope
 from db.models import Candidate, Lease, Measurement
-from tunehub.errors import BadInput, LeaseLost, NotFound
-from tunehub.protocol import CandidateResult
+from common.errors import BadInput, LeaseLost, NotFound
+from common.protocol import CandidateResult
 
 KEY = '{"keys":["cpu"],"kind":"llvm","num-cores":2}'
 TTL = 60.0

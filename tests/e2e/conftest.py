@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tunehub.client import TunehubClient
-from tunehub.processes import free_port, spawn, stop, wait_healthy
+from common.client import TunehubClient
+from common.processes import free_port, spawn, stop, wait_healthy
 
 
 @dataclass

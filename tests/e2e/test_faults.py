@@ -36,7 +36,7 @@ from db.engine import make_engine, make_sessionmaker, session_scope
 from db.models import Task
 from db.queue import enqueue_candidates
 from tests_support import EXAMPLES, wait_for
-from tunehub.processes import wait_healthy
+from common.processes import wait_healthy
 
 pytestmark = pytest.mark.slow
 

@@ -80,7 +80,7 @@ def test_upload_tune_download_compile(stack, tmp_path: Path) -> None:
 
 def test_service_killed_mid_job_and_restarted(stack) -> None:
     stack.start("service", ["serve", "--no-tuner"])
-    from tunehub.processes import wait_healthy
+    from common.processes import wait_healthy
 
     wait_healthy(stack.server, timeout_s=120, proc=stack.procs["service"])
     stack.start("tuner", ["tuner"])

@@ -48,7 +48,7 @@ class Queue:
         from db import catalog
         from db.engine import session_scope
         from db.models import Task
-        from tunehub.tvm_json import args_info_json, workload_hash, workload_to_json
+        from common.tvm_json import args_info_json, workload_hash, workload_to_json
 
         wl = SimpleNamespace(shash=workload_hash(mod), mod_json=workload_to_json(mod), args_info_json=args_info_json(mod), flops=None)
         with session_scope(self.factory) as s:
@@ -209,7 +209,7 @@ def _transposed_b(mod: Any) -> str:
     """A real trace that makes the kernel read B transposed: builds, runs, wrong answer."""
     from tvm import s_tir
 
-    from tunehub.tvm_json import trace_to_json
+    from common.tvm_json import trace_to_json
 
     sch = s_tir.Schedule(mod)
     sch.transform_layout(sch.get_sblock("C"), ("read", 1), lambda k, j: (j, k))

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.models import Base
 from service.app import admin_token_path, create_app
-from tunehub.settings import Settings
+from common.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("TUNEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 API = "/api/v1"

@@ -14,7 +14,7 @@ from db import catalog
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.models import Token
 from service.app import admin_token_path, create_app
-from tunehub.settings import Settings
+from common.settings import Settings
 
 PROTECTED = [
     ("POST", "/tokens"),

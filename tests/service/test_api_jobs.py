@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from db import catalog, queue
 from db.models import Candidate, Job, Task
-from tunehub.targets import canonical_target
+from common.targets import canonical_target
 
 TARGET = {"kind": "llvm", "num-cores": 2}
 EMPTY_TRACE = "[[],[]]"  # a valid MetaSchedule trace: the unscheduled workload

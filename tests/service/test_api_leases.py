@@ -20,8 +20,8 @@ from tvm_helpers import matmul_workload
 from db import catalog, queue
 from db.engine import db_now
 from db.models import Lease, Measurement
-from tunehub.targets import canonical_target
-from tunehub.tvm_json import args_info_json, workload_hash, workload_to_json
+from common.targets import canonical_target
+from common.tvm_json import args_info_json, workload_hash, workload_to_json
 
 EMPTY_TRACE = "[[],[]]"
 _cores = itertools.count(11)

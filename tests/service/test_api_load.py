@@ -18,8 +18,8 @@ from tvm_helpers import matmul_workload
 
 from db import catalog, queue
 from service.limits import ConcurrencyLimit
-from tunehub.targets import canonical_target
-from tunehub.tvm_json import args_info_json, workload_hash, workload_to_json
+from common.targets import canonical_target
+from common.tvm_json import args_info_json, workload_hash, workload_to_json
 
 
 class _Workload:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from db.records import BestRecord
-from tunehub.errors import BadInput
-from tunehub.tvm_json import trace_to_json, workload_from_json
+from common.errors import BadInput
+from common.tvm_json import trace_to_json, workload_from_json
 from tuner.compile import compile_model, compile_model_stats, main, measure_latency, random_inputs, run_outputs
 from tuner.configs import build_config_zip, extract_config_zip
 from tuner.intake import extract_workloads
@@ -44,7 +44,7 @@ def mlp_configs(mlp_bytes: bytes, cpu_target: dict[str, Any], tmp_path_factory: 
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from tunehub.tvm_env import prepare_tvm
+    from common.tvm_env import prepare_tvm
 
     prepare_tvm(("llvm",))
     records = []

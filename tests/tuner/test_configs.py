@@ -13,8 +13,8 @@ import pytest
 from tvm_helpers import matmul_workload, real_candidates
 
 from db.records import BestRecord
-from tunehub.errors import BadInput
-from tunehub.tvm_json import args_info_json, workload_hash, workload_to_json
+from common.errors import BadInput
+from common.tvm_json import args_info_json, workload_hash, workload_to_json
 from tuner.configs import RECORD_FILE, WORKLOAD_FILE, build_config_zip, extract_config_zip
 
 

@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tunehub.errors import BadInput
-from tunehub.tvm_json import workload_from_json, workload_hash
+from common.errors import BadInput
+from common.tvm_json import workload_from_json, workload_hash
 from tuner.intake import ExtractedWorkload, extract_workloads, inspect_onnx, onnx_to_relax
 
 MLP_TASKS = {"fused_matmul_add_relu", "fused_matmul1_add_relu", "fused_matmul2_add1"}

@@ -22,10 +22,10 @@ from db.engine import db_now, session_scope
 from db.models import Candidate, Job, Measurement, Model, Task, Worker, Workload
 from db.queue import cancel_candidates, complete, lease_candidates
 from tests_support import wait_for
-from tunehub.protocol import CandidateResult
-from tunehub.settings import Settings
-from tunehub.targets import canonical_target
-from tunehub.tvm_json import apply_trace, args_info_json, workload_from_json, workload_hash, workload_to_json
+from common.protocol import CandidateResult
+from common.settings import Settings
+from common.targets import canonical_target
+from common.tvm_json import apply_trace, args_info_json, workload_from_json, workload_hash, workload_to_json
 from tuner.job_runner import run_job
 from tuner.search import SearchConfig
 from tvm_helpers import CPU_TARGET, matmul_workload
@@ -307,7 +307,7 @@ def test_a_new_shape_starts_from_its_family(db_url: str, session_factory: sessio
     """After a 32³ matmul was tuned, a job on 48³ (new to the database) measures the 32³ bests,
     adapted to 48³, as its first batch: valid measurements of the new shape."""
     from tuner.transfer import adapt_trace
-    from tunehub.tvm_json import trace_to_json
+    from common.tvm_json import trace_to_json
 
     caplog.set_level("INFO", logger="tuner")
     settings = settings_for(db_url)

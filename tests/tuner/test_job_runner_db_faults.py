@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import db_now, session_scope
 from db.job_claims import claim_job
 from db.models import Job, Model
-from tunehub.settings import Settings
+from common.settings import Settings
 from tuner import job_runner
 
 

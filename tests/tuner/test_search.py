@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import db_now, session_scope
 from db.models import Job, Model, Task, Worker, Workload
 from db.queue import complete, enqueue_candidates, lease_candidates
-from tunehub.protocol import CandidateResult
-from tunehub.targets import canonical_target
-from tunehub.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
+from common.protocol import CandidateResult
+from common.targets import canonical_target
+from common.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
 from tuner.search import Outcome, SearchConfig, TaskSearch
 from tvm_helpers import CPU_TARGET, matmul_workload
 

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from tunehub.tvm_env import prepare_tvm
+from common.tvm_env import prepare_tvm
 from tuner.transfer import adapt_trace, family_key, fit_tile
 from tvm_helpers import CPU_TARGET, matmul_workload, real_candidates
 
@@ -68,7 +68,7 @@ def test_adapted_schedules_build_and_compute_the_new_shape() -> None:
     prepare_tvm(("llvm",))
     import tvm
 
-    from tunehub.tvm_json import apply_trace, trace_to_json
+    from common.tvm_json import apply_trace, trace_to_json
 
     src, dst = matmul_workload(32), matmul_workload(48)
     postprocs = _postprocs(dst)

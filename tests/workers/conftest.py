@@ -20,7 +20,7 @@ N = 64  # small enough that a build and a check take well under a second
 @pytest.fixture(scope="session")
 def workload() -> dict[str, Any]:
     """The 64³ matmul: its hash, save_json text and three real candidate traces."""
-    from tunehub.tvm_json import workload_hash, workload_to_json
+    from common.tvm_json import workload_hash, workload_to_json
 
     mod = matmul_workload(N)
     return {

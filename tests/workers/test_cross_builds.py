@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from tvm_helpers import matmul_workload
 
-from tunehub.targets import canonical_target
-from tunehub.tvm_json import workload_hash, workload_to_json
+from common.targets import canonical_target
+from common.tvm_json import workload_hash, workload_to_json
 from workers.detect import ARM_TRIPLE, cuda_target, find_cuda_compiler
 from workers.sandbox_client import Sandbox
 
@@ -39,8 +39,8 @@ def ms_candidates(target: dict[str, Any], count: int = 2) -> list[str]:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from tunehub.tvm_env import prepare_tvm
-    from tunehub.tvm_json import trace_to_json
+    from common.tvm_env import prepare_tvm
+    from common.tvm_json import trace_to_json
 
     prepare_tvm((str(target["kind"]),))  # cuda: the slow tensor-intrinsics import
     mod = matmul_workload(N)

@@ -60,7 +60,7 @@ def test_wrong_output_is_caught(sandbox: Sandbox, workload: dict[str, Any]) -> N
 
 
 def test_layout_rewriting_candidate_is_checked_whole_and_timed(sandbox: Sandbox, workload: dict[str, Any]) -> None:
-    from tunehub.tvm_json import workload_hash, workload_to_json
+    from common.tvm_json import workload_hash, workload_to_json
 
     mod, trace = layout_free_candidate(64, workload["traces"][0])
     assert "TransformLayout" in trace
@@ -81,7 +81,7 @@ def test_unknown_workload_without_mod_json(sandbox: Sandbox, workload: dict[str,
 def test_fp16_workload_passes_its_check(sandbox: Sandbox, workload: dict[str, Any]) -> None:
     from tvm_helpers import matmul_workload
 
-    from tunehub.tvm_json import workload_hash, workload_to_json
+    from common.tvm_json import workload_hash, workload_to_json
 
     mod = matmul_workload(64, "float16")
     req = measure_request(workload, workload["traces"][0], repeat=1)
@@ -146,7 +146,7 @@ def test_bf16_vector_store_is_a_build_error_not_a_crash(sandbox: Sandbox, worklo
     from bad_workloads import bf16_vector_store_trace
     from tvm_helpers import matmul_workload
 
-    from tunehub.tvm_json import workload_hash, workload_to_json
+    from common.tvm_json import workload_hash, workload_to_json
 
     mod = matmul_workload(64, "bfloat16")
     req = measure_request(workload, bf16_vector_store_trace(64))
@@ -162,7 +162,7 @@ def test_fp16_and_bf16_candidates_build_and_measure(sandbox: Sandbox, workload: 
     """Real MetaSchedule traces on 16-bit workloads: each measures, or fails as a build error."""
     from tvm_helpers import matmul_workload
 
-    from tunehub.tvm_json import workload_hash, workload_to_json
+    from common.tvm_json import workload_hash, workload_to_json
 
     for dtype in ("float16", "bfloat16"):
         mod = matmul_workload(64, dtype)

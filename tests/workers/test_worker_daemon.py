@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tunehub import errors
+from common import errors
 from workers.daemon import WorkerDaemon
 from workers.fleet import WorkerFleet
 from workers.measure import Timing

@@ -6,8 +6,8 @@ import platform
 
 import pytest
 
-from tunehub.errors import BadInput
-from tunehub.targets import canonical_target
+from common.errors import BadInput
+from common.targets import canonical_target
 from workers.detect import (
     Device,
     GpuInfo,

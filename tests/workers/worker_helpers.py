@@ -26,7 +26,7 @@ def transposed_b_trace(mod: Any) -> str:
     B transposed (a layout transform of an input), as a buggy layout rewrite would."""
     from tvm import s_tir
 
-    from tunehub.tvm_json import trace_to_json
+    from common.tvm_json import trace_to_json
 
     sch = s_tir.Schedule(mod)
     sch.transform_layout(sch.get_sblock("C"), ("read", 1), lambda k, j: (j, k))
@@ -41,7 +41,7 @@ def layout_free_candidate(n: int, trace: str) -> tuple[Any, str]:
     from tvm.s_tir import meta_schedule as ms
     from tvm_helpers import matmul_workload
 
-    from tunehub.tvm_json import apply_trace, trace_to_json
+    from common.tvm_json import apply_trace, trace_to_json
 
     plain = matmul_workload(n)
     mod = tvm.IRModule({"main": plain["main"].with_attr("layout_free_buffers", [1])})

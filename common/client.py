@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tunehub.protocol import JobCreate, JobPublic, ModelPublic, TokenCreate, TokenCreated, WorkerPublic
+from common.protocol import JobCreate, JobPublic, ModelPublic, TokenCreate, TokenCreated, WorkerPublic
 
 
 class ApiError(Exception):

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 TargetJSON = dict[str, Any]
 """A TVM target as a JSON dict, e.g. {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}."""
@@ -175,13 +175,50 @@ class HeartbeatResponse(BaseModel):
     expires_at: datetime
 
 
-class CandidateResult(BaseModel):
-    candidate_id: int
+class ErrorKind(str, Enum):
+    """Why a candidate has no run time (the message beside it says the rest)."""
+
+    build = "build"  # the workload, the trace, the build or loading the artifact failed
+    unsupported = "unsupported"  # built, but this worker cannot run it (e.g. cross-compiled only)
+    wrong_output = "wrong_output"  # ran, but its output differs from the untuned build's
+    run = "run"  # the run itself raised
+    crash = "crash"  # the sandbox process died under it
+    timeout = "timeout"  # no answer within the time limit
+
+
+class MeasurementOutcome(BaseModel):
+    """The one "run_secs or error" record: what measuring one candidate gave.
+
+    Exactly one of ``run_secs`` / ``error`` is set; ``error_kind`` goes with ``error``.
+    Used by the sandbox client, the worker's measurer, the wire, the queue and the search.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
     run_secs: list[float] | None = Field(None, description="All repeats, seconds; None when error is set.")
     error: str | None = Field(None, description="Why the candidate failed: build error, wrong output, crash, timeout.")
+    error_kind: ErrorKind | None = Field(None, description="The class of the failure; set with error.")
     flagged: bool = Field(
         False, description="Measured while the worker's calibration said degraded: ranked after unflagged results."
     )
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.run_secs)
+
+    @property
+    def mean_secs(self) -> float | None:
+        return sum(self.run_secs) / len(self.run_secs) if self.run_secs else None
+
+    @classmethod
+    def failed(cls, kind: ErrorKind, message: str) -> "MeasurementOutcome":
+        return cls(error=message, error_kind=kind)
+
+
+class CandidateResult(MeasurementOutcome):
+    """One candidate's outcome as a worker reports it."""
+
+    candidate_id: int
 
 
 class ResultsReport(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tunehub.errors import BadInput
+from common.errors import BadInput
 
 
 def _plain(obj: Any) -> Any:
