@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 
-PG_ADMIN_URL = os.environ.get("TUNEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests_support import PG_ADMIN_URL
 
 
 def _pg_admin_engine():  # type: ignore[no-untyped-def]

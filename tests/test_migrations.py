@@ -14,7 +14,7 @@ from db.engine import make_engine
 from db.migrate import downgrade, upgrade
 from db.models import Base
 
-PG_ADMIN_URL = os.environ.get("TUNEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests_support import PG_ADMIN_URL
 
 
 def test_migrations_match_models_and_downgrade(db_url: str) -> None:

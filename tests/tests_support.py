@@ -1,7 +1,8 @@
-"""Small helpers shared by the tests (polling, paths)."""
+"""Small helpers shared by the tests (polling, paths, the PostgreSQL test server)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PG_ADMIN_URL = os.environ.get("TUNEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL server the tests use (trust auth); each test gets its own database on it."""
 
 
 def wait_for(

@@ -23,7 +23,7 @@ from db.models import Base
 from service.app import admin_token_path, create_app
 from common.settings import Settings
 
-PG_ADMIN_URL = os.environ.get("TUNEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests_support import PG_ADMIN_URL
 API = "/api/v1"
 
 
