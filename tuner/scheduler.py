@@ -15,7 +15,8 @@ with no valid measurement yet comes before any with one. Tasks that are
 exhausted (no new schedules) or have stopped improving — no gain of more than
 ``min_improvement`` over their last ``patience`` trials — take no more trials.
 
-Pure Python, no TVM: the job runner feeds it measured batches.
+Pure Python, no TVM: the job runner feeds it measured batches. Callers change
+its state only through its methods; ``tasks`` is there to read.
 """
 
 from __future__ import annotations
@@ -117,6 +118,14 @@ class GradientScheduler:
         t.history.append(t.best)
         if t.best is not None and t.trials - t.best_at_trial >= self.patience:
             t.converged = True
+
+    def mark_exhausted(self, key: int) -> None:
+        """The task's search has nothing new to offer: it takes no more trials."""
+        self.tasks[key].exhausted = True
+
+    def converged(self, key: int) -> bool:
+        """True once the task stopped improving (no more trials for it)."""
+        return self.tasks[key].converged
 
     def seed(self, key: int, *, trials: int, best: float | None) -> None:
         """Measurements made before this scheduler existed (a resumed job) count as one batch."""

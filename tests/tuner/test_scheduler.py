@@ -57,7 +57,7 @@ def test_a_task_that_stops_improving_stops() -> None:
     s.add(1, weight=1)
     s.add(2, weight=1)
     _run(s, 20, lambda key, b: [1e-3] * 4 if key == 1 else [1e-3 / (1 + b)] * 4)
-    assert s.tasks[1].converged and not s.tasks[2].converged
+    assert s.converged(1) and not s.converged(2)
     assert s.tasks[1].trials <= 12  # 4 to set the best, 8 without a 1 % gain
     assert 1 not in s.active()
 
@@ -66,7 +66,7 @@ def test_exhausted_and_answered_tasks_take_nothing() -> None:
     s = GradientScheduler()
     s.add(1, weight=1, answered=True)
     s.add(2, weight=1)
-    s.tasks[2].exhausted = True
+    s.mark_exhausted(2)
     assert s.next() is None
 
 
