@@ -19,13 +19,12 @@ import os
 import socket
 import threading
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.job_claims import claim_job, finish_job
 from db.migrate import upgrade
 from common.protocol import JobStatus
 from common.settings import Settings
+from tuner.errors import CONNECTION_LOST
 from tuner.job_runner import run_job
 from tuner.search import SearchConfig
 
@@ -88,7 +87,7 @@ class TunerDaemon:
         try:
             with session_scope(factory) as session:
                 job_id = claim_job(session, owner=self.owner, grace_s=self.settings.tuner_grace_s)
-        except SQLAlchemyError as exc:  # the database is away for a moment: try again next poll
+        except CONNECTION_LOST as exc:  # the database is away for a moment: try again next poll
             log.warning("claiming a job failed: %s", exc)
             return False
         if job_id is None:
@@ -114,6 +113,6 @@ class TunerDaemon:
             log.exception("job %d crashed", job_id)
             try:
                 with session_scope(factory) as session:
-                    finish_job(session, job_id=job_id, owner=self.owner, status=JobStatus.failed.value, error=repr(exc))
-            except Exception:  # noqa: BLE001
+                    finish_job(session, job_id=job_id, owner=self.owner, status=JobStatus.failed, error=repr(exc))
+            except CONNECTION_LOST:
                 log.exception("job %d: could not mark it failed", job_id)

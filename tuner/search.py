@@ -25,7 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from common.protocol import MeasurementOutcome
 from common.tvm_json import apply_trace, trace_to_json
+from tuner.errors import TVM_ERRORS
+from tuner.cost_models import DEFAULT_COST_MODEL, DEFAULT_WARMUP_SAMPLES, CostModelKind, make_cost_model
 
 if TYPE_CHECKING:
     from tvm.ir import IRModule
@@ -38,9 +41,6 @@ if _ms_log.level == logging.NOTSET:
 
 # prepare_tvm stubs a package and registers tensor intrinsics: once, even with several job threads.
 _prepare_lock = threading.Lock()
-
-# MetaSchedule's XGBModel returns random scores below this many samples (its default).
-DEFAULT_WARMUP_SAMPLES = 100
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,8 @@ class SearchConfig:
     num_warmup_samples: int = DEFAULT_WARMUP_SAMPLES
     max_empty_rounds: int = 3
     """Rounds in a row that yield no new schedule before the space counts as exhausted."""
-    cost_model: str = "tunehub"
-    """``tunehub``: ``cost_model.XGBCostModel``, warm from the database's stored model of the target
-    key; ``metaschedule``: MetaSchedule's own ``XGBModel``, cold (what ``tune_tir`` uses)."""
+    cost_model: CostModelKind = DEFAULT_COST_MODEL
+    """Which cost model the job's searches share (``tuner.cost_models``); by default the settings'."""
     patience_trials: int = 128
     """A task whose best has not improved by 1 % in this many of its trials stops early."""
     transfer_seeds: int = 8
@@ -82,27 +81,13 @@ class SearchConfig:
         )
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a worker measured for one candidate: run_secs, or an error."""
+def runner_result(outcome: MeasurementOutcome) -> Any:
+    """A measurement as MetaSchedule's ``RunnerResult``, which its cost model and strategy take."""
+    from tvm.s_tir import meta_schedule as ms
 
-    run_secs: tuple[float, ...] | None = None
-    error: str | None = None
-
-    @property
-    def valid(self) -> bool:
-        return bool(self.run_secs)
-
-    @property
-    def mean_secs(self) -> float | None:
-        return sum(self.run_secs) / len(self.run_secs) if self.run_secs else None
-
-    def runner_result(self) -> Any:
-        from tvm.s_tir import meta_schedule as ms
-
-        if self.run_secs:
-            return ms.runner.RunnerResult(run_secs=[float(s) for s in self.run_secs], error_msg=None)
-        return ms.runner.RunnerResult(run_secs=None, error_msg=self.error or "no result")
+    if outcome.run_secs:
+        return ms.runner.RunnerResult(run_secs=[float(s) for s in outcome.run_secs], error_msg=None)
+    return ms.runner.RunnerResult(run_secs=None, error_msg=outcome.error or "no result")
 
 
 @dataclass(frozen=True)
@@ -116,15 +101,6 @@ class Proposal:
     trace_json: str
     candidate: Any  # ms.MeasureCandidate
     transferred: bool = False
-
-
-def make_cost_model(*, num_tuning_cores: int, num_warmup_samples: int = DEFAULT_WARMUP_SAMPLES) -> Any:
-    """MetaSchedule's XGBoost cost model, as ``tune_tir`` builds it. One may serve several tasks."""
-    from tvm.s_tir import meta_schedule as ms
-
-    return ms.cost_model.XGBModel(
-        num_warmup_samples=num_warmup_samples, num_tuning_cores=num_tuning_cores, tree_method="auto"
-    )
 
 
 class TaskSearch:
@@ -212,12 +188,12 @@ class TaskSearch:
 
         try:
             sch = apply_trace(self.mod, trace_json)
-        except Exception as exc:  # noqa: BLE001
+        except TVM_ERRORS as exc:
             log.warning("task %s: a stored trace does not replay, skipped: %s", self.task_name, str(exc)[:300])
             return None
         return Proposal(trace_json, ms.MeasureCandidate(sch, self.args_info))
 
-    def warm_start(self, trace_jsons: Sequence[str], outcomes: Sequence[Outcome]) -> list[Proposal]:
+    def warm_start(self, trace_jsons: Sequence[str], outcomes: Sequence[MeasurementOutcome]) -> list[Proposal]:
         """Learn from measurements made before this search existed.
 
         A resumed job's own measurements, or other jobs' on the same workload: the
@@ -274,7 +250,7 @@ class TaskSearch:
         for trace_json, secs in measured:
             try:
                 cands.append(ms.MeasureCandidate(apply_trace(mod, trace_json), args_info))
-            except Exception:  # noqa: BLE001  (a trace that no longer replays teaches nothing)
+            except TVM_ERRORS:  # a trace that no longer replays teaches nothing
                 continue
             results.append(ms.runner.RunnerResult(run_secs=[float(x) for x in secs], error_msg=None))
         if cands:
@@ -320,7 +296,7 @@ class TaskSearch:
                 self.exhausted = True
         return fresh
 
-    def observe(self, proposals: Sequence[Proposal], outcomes: Sequence[Outcome], *, notify: bool = True) -> None:
+    def observe(self, proposals: Sequence[Proposal], outcomes: Sequence[MeasurementOutcome], *, notify: bool = True) -> None:
         """Feed measurements back: database, cost model, and (``notify``) the strategy."""
         from tvm.s_tir import meta_schedule as ms
 
@@ -328,7 +304,7 @@ class TaskSearch:
         if not proposals:
             return
         cands = [p.candidate for p in proposals]
-        results = [o.runner_result() for o in outcomes]
+        results = [runner_result(o) for o in outcomes]
         for cand, result in zip(cands, results):
             self._seen.add(self._key(cand.sch))
             self.database.commit_tuning_record(  # a no-op for SqlDatabase: workers' reports stored it

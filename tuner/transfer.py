@@ -15,7 +15,7 @@ with each block's iterator kinds (spatial/reduce), how many buffers it reads
 and writes and their ranks, and its loop depth. Two workloads of a family
 usually accept each other's traces; ``adapt_trace`` checks that one does by
 replaying it (with MetaSchedule's postprocessors, as for any candidate) and
-returns None when it does not.
+returns None when it does not. ``carry_family_over`` does this for a job's task.
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import TVM_ERRORS
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from db.job_claims import JobSpec
+    from tuner.job_state import TunedTask
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +126,59 @@ def adapt_trace(src_mod: Any, trace_json: str, dst_mod: Any, postprocs: Sequence
     except Exception as exc:  # noqa: BLE001  (any TVM error means: this trace does not fit here)
         log.debug("trace does not carry over: %s", str(exc)[:200])
         return None
+
+
+def carry_family_over(factory: sessionmaker[Session], spec: JobSpec, task: TunedTask, *, limit: int,
+                      learned_from: set[int], siblings: set[int]) -> None:
+    """A workload new to the key: queue its family's best schedules, adapted, as its first batch.
+
+    Called when the task's first batch is proposed, so a job's later tasks also
+    start from its earlier tasks of the same family (a model's dense layers).
+    Labels the key's measured workloads with their family first (lazily: that
+    needs TVM). The shared cost model also learns from each member's
+    measurements, once per job (``learned_from``; ``siblings``, the job's own
+    workloads, feed it already). A TVM error never fails the job: without
+    transfers the search starts from random samples, as MetaSchedule's does.
+    """
+    if limit <= 0:
+        return
+    from common.tvm_json import workload_from_json
+    from db.engine import session_scope
+    from db.families import family_bests, label, member_measurements, unlabelled
+
+    try:
+        family = family_key(task.search.mod)
+        with session_scope(factory) as session:
+            todo = unlabelled(session, target_key=spec.target_key)
+        keys = {task.spec.workload_id: family}
+        for wid, mod_json in todo:
+            try:
+                keys[wid] = family_key(workload_from_json(mod_json))
+            except TVM_ERRORS:  # a module we cannot read: never a family member
+                keys[wid] = UNKNOWN_FAMILY
+        with session_scope(factory) as session:
+            label(session, keys)
+            members = family_bests(session, family=family, target_key=spec.target_key,
+                                   exclude_workload_id=task.spec.workload_id, flops=task.spec.flops,
+                                   per_workload=limit)
+        mods = {m.workload_id: workload_from_json(m.mod_json) for m in members}
+        # Round-robin over members, best first: each member's best before any member's second.
+        depth = max((len(m.traces) for m in members), default=0)
+        sources = [(mods[m.workload_id], m.traces[i]) for i in range(depth) for m in members if i < len(m.traces)]
+        added = task.search.add_transfers(sources, limit)
+        learned = 0
+        for m in members:
+            if m.workload_id in learned_from or m.workload_id in siblings:
+                continue
+            learned_from.add(m.workload_id)
+            with session_scope(factory) as session:
+                measured = member_measurements(session, workload_id=m.workload_id, target_key=spec.target_key)
+            learned += task.search.learn_from(mods[m.workload_id], measured)
+    except TVM_ERRORS:
+        log.exception("job %d task %s: carrying schedules over from its family failed; searching cold",
+                      spec.id, task.spec.name)
+        return
+    if sources:
+        log.info("job %d task %s: %d schedules carried over from %d workloads of its family (%d tried); "
+                 "cost model trained on %d of their measurements",
+                 spec.id, task.spec.name, added, len(members), len(sources), learned)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,21 +17,23 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import db_now, session_scope
-from db.models import Candidate, Job, Measurement, Model, Task, Worker, Workload
+from db.engine import session_scope
+from db.models import Candidate, Job, Measurement, Task, Workload
 from db.queue import cancel_candidates, complete, lease_candidates
 from tests_support import wait_for
 from common.protocol import CandidateResult
 from common.settings import Settings
-from common.targets import canonical_target
-from common.tvm_json import apply_trace, args_info_json, workload_from_json, workload_hash, workload_to_json
+from common.tvm_json import apply_trace, args_info_json, workload_from_json
+from factories import add_job, add_model, add_task, add_worker, add_workload
+from tuner.cost_models import CostModelKind
 from tuner.job_runner import run_job
 from tuner.search import SearchConfig
 from tvm_helpers import CPU_TARGET, matmul_workload
 
 # A smaller population than MetaSchedule's 512 keeps a round to about a second here;
 # the loop under test is the same.
-FAST = SearchConfig(population_size=64, init_min_unmeasured=16, genetic_num_iters=2)
+# The database-trained cost model: the richer path (stored model, refresh at start and end).
+FAST = SearchConfig(population_size=64, init_min_unmeasured=16, genetic_num_iters=2, cost_model=CostModelKind.tunehub)
 
 
 @dataclass(frozen=True)
@@ -45,29 +46,13 @@ class JobRows:
 def make_job(factory: sessionmaker[Session], *, sizes: tuple[int, ...] = (32,), trials: int = 8,
              per_round: int = 4, retune: bool = False, weights: tuple[int, ...] | None = None) -> JobRows:
     """Model, workload, job and task rows (one matmul task per size), as the service's intake writes them."""
-    target, key = canonical_target(CPU_TARGET)
     with session_scope(factory) as s:
-        now = db_now(s)
-        model = Model(name="matmul", sha256=uuid.uuid4().hex * 2, format="onnx", content=b"", size_bytes=0,
-                      input_shapes_json="{}", created_at=now)
-        s.add(model)
-        s.flush()
-        job = Job(model_id=model.id, target_json=json.dumps(target), target_key=key, trials=trials,
-                  trials_per_round=per_round, retune=retune, status="queued", created_at=now)
-        s.add(job)
-        s.flush()
-        tasks = []
-        for i, n in enumerate(sizes):
-            mod = matmul_workload(n)
-            shash = workload_hash(mod)
-            workload = s.scalar(select(Workload).where(Workload.shash == shash)) or Workload(
-                shash=shash, mod_json=workload_to_json(mod), args_info_json=args_info_json(mod),
-                flops=2.0 * n**3, created_at=now)
-            task = Task(job=job, workload=workload, name=f"matmul{n}", weight=weights[i] if weights else 1)
-            s.add(task)
-            tasks.append(task)
-        s.flush()
-        return JobRows(job.id, tuple(t.id for t in tasks), key)
+        job = add_job(s, model=add_model(s, name="matmul"), target=CPU_TARGET, trials=trials, per_round=per_round,
+                      retune=retune)
+        tasks = [add_task(s, job=job, workload=add_workload(s, mod=matmul_workload(n), flops=2.0 * n**3),
+                          name=f"matmul{n}", weight=weights[i] if weights else 1)
+                 for i, n in enumerate(sizes)]
+        return JobRows(job.id, tuple(t.id for t in tasks), job.target_key)
 
 
 class Measurer:
@@ -81,12 +66,8 @@ class Measurer:
         self._stop = threading.Event()
         self._mods: dict[int, Any] = {}
         with session_scope(factory) as s:
-            now = db_now(s)
-            worker = Worker(name="test-measurer", target_json=json.dumps(CPU_TARGET), target_key=target_key,
-                            registered_at=now, last_seen_at=now)
-            s.add(worker)
-            s.flush()
-            self.worker_id = worker.id
+            self.worker_id = add_worker(s, name="test-measurer", target_key=target_key,
+                                        target_json=json.dumps(CPU_TARGET)).id
         self._thread = threading.Thread(target=self._loop, name="test-measurer", daemon=True)
 
     def __enter__(self) -> Measurer:

@@ -7,7 +7,6 @@ Real TVM throughout: candidates come from MetaSchedule, are built with
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -15,20 +14,19 @@ import pytest
 import tvm_ffi
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import db_now, session_scope
-from db.models import Job, Model, Task, Worker, Workload
+from common.protocol import CandidateResult, ErrorKind, JobStatus, MeasurementOutcome
+from common.tvm_json import apply_trace, args_info_json
+from db.engine import session_scope
 from db.queue import complete, enqueue_candidates, lease_candidates
-from common.protocol import CandidateResult
-from common.targets import canonical_target
-from common.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
-from tuner.search import Outcome, SearchConfig, TaskSearch
+from factories import add_job, add_task, add_worker, add_workload
+from tuner.search import SearchConfig, TaskSearch
 from tvm_helpers import CPU_TARGET, matmul_workload
 
 # A smaller population than MetaSchedule's 512 keeps a round to about a second here.
 FAST = SearchConfig(population_size=64, init_min_unmeasured=16, genetic_num_iters=2)
 
 
-def measure(mod: Any, trace_json: str) -> Outcome:
+def measure(mod: Any, trace_json: str) -> MeasurementOutcome:
     """Build and time one candidate, as a worker would."""
     import numpy as np
     import tvm
@@ -37,7 +35,7 @@ def measure(mod: Any, trace_json: str) -> Outcome:
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.random.rand(*shape).astype(dtype), dev)
             for _, dtype, shape in json.loads(args_info_json(mod))]
-    return Outcome(run_secs=tuple(lib.time_evaluator("main", dev, number=3, repeat=2)(*args).results))
+    return MeasurementOutcome(run_secs=list(lib.time_evaluator("main", dev, number=3, repeat=2)(*args).results))
 
 
 def _key(mod_or_sch: Any) -> int:
@@ -65,7 +63,7 @@ def test_task_search_proposes_learns_and_never_repeats() -> None:
         # The JSON that goes out replays to the very schedule MetaSchedule proposed.
         for p in second:
             assert _key(apply_trace(mod, p.trace_json)) == _key(p.candidate.sch)
-        search.observe(second, [Outcome(error="RuntimeError: build failed")] * len(second))  # failures are data
+        search.observe(second, [MeasurementOutcome.failed(ErrorKind.build, "RuntimeError: build failed")] * len(second))  # failures are data
         assert search.observed == 4 + len(second)
     finally:
         search.close()
@@ -74,23 +72,10 @@ def test_task_search_proposes_learns_and_never_repeats() -> None:
 
 def _rows(factory: sessionmaker[Session], mod: Any) -> tuple[int, int, str]:
     """A job with one task on ``mod``: (task id, workload id, target key)."""
-    target, key = canonical_target(CPU_TARGET)
     with session_scope(factory) as s:
-        now = db_now(s)
-        model = Model(name="m", sha256=uuid.uuid4().hex * 2, format="onnx", content=b"", size_bytes=0,
-                      input_shapes_json="{}", created_at=now)
-        workload = Workload(shash=workload_hash(mod), mod_json=workload_to_json(mod),
-                            args_info_json=args_info_json(mod), flops=None, created_at=now)
-        s.add_all([model, workload])
-        s.flush()
-        job = Job(model_id=model.id, target_json=json.dumps(target), target_key=key, trials=8, trials_per_round=4,
-                  status="running", created_at=now)
-        s.add(job)
-        s.flush()
-        task = Task(job_id=job.id, workload_id=workload.id, name="matmul32", weight=1)
-        s.add(task)
-        s.flush()
-        return task.id, workload.id, key
+        job = add_job(s, target=CPU_TARGET, status=JobStatus.running)
+        task = add_task(s, job=job, workload=add_workload(s, mod=mod), name="matmul32")
+        return task.id, task.workload_id, job.target_key
 
 
 def test_sql_database_is_the_queue_seen_by_metaschedule(session_factory: sessionmaker[Session]) -> None:
@@ -109,19 +94,14 @@ def test_sql_database_is_the_queue_seen_by_metaschedule(session_factory: session
 
     # The queue: enqueue, lease, measure for real (one reported as a failure), complete.
     with session_scope(session_factory) as s:
-        now = db_now(s)
-        worker = Worker(name="w", target_json=json.dumps(CPU_TARGET), target_key=key, registered_at=now,
-                        last_seen_at=now)
-        s.add(worker)
-        s.flush()
+        worker = add_worker(s, target_key=key, target_json=json.dumps(CPU_TARGET))
         ids = enqueue_candidates(s, task_id=task_id, workload_id=workload_id, target_key=key, traces=traces, round=1)
         lease, _ = lease_candidates(s, worker_id=worker.id, target_key=key, max_count=8, ttl_s=60)
         lease_id, worker_id = lease.id, worker.id
-    outcomes = [measure(mod, t) for t in traces[:3]] + [Outcome(error="wrong output")]
+    outcomes = [measure(mod, t) for t in traces[:3]] + [MeasurementOutcome.failed(ErrorKind.wrong_output, "wrong output")]
     with session_scope(session_factory) as s:
         complete(s, lease_id=lease_id, worker_id=worker_id, results=[
-            CandidateResult(candidate_id=cid, run_secs=list(o.run_secs) if o.run_secs else None, error=o.error)
-            for cid, o in zip(ids, outcomes)])
+            CandidateResult(candidate_id=cid, **o.model_dump()) for cid, o in zip(ids, outcomes)])
 
     db = SqlDatabase(session_factory, target=CPU_TARGET, target_key=key)
     assert db.has_workload(mod) and len(db) == 4

@@ -1,0 +1,179 @@
+"""The batch loop of a job: ``BatchLoop``.
+
+The task scheduler (``tuner.scheduler``) picks the task whose next batch should
+cut Σ weight × latency most; that task's search proposes up to
+``trials_per_round`` candidates (never more than the budget left), which go into
+the queue in one transaction. Search is pipelined with measurement: up to
+``Settings.tuner_pipeline_depth`` batches are queued at once, so the next batch
+is generated while workers measure the current one, and each measured batch
+goes back to its task's search (cost model, strategy) and to the scheduler.
+
+The budget is ``job.trials`` measurements across tasks (errors count); a
+candidate withdrawn unmeasured gives its trial back. The loop ends when the
+budget is spent, every task stopped improving, or every space is exhausted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict, deque
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.protocol import CandidateState, MeasurementOutcome
+from common.settings import Settings
+from db.engine import session_scope
+from db.job_claims import CandidateOutcome, JobSpec, job_candidates
+from db.queue import enqueue_candidates
+from tuner.errors import TVM_ERRORS
+from tuner.job_state import Batch, TunedTask, fmt_ms, outcome_of
+from tuner.lifecycle import JobLifecycle
+from tuner.scheduler import GradientScheduler
+from tuner.search import Proposal, SearchConfig
+from tuner.transfer import carry_family_over
+from tuner.warm_start import seed_task
+
+log = logging.getLogger(__name__)
+
+
+class BatchLoop:
+    """Proposes, queues, awaits and feeds back batches of one job's tasks until the job is done."""
+
+    def __init__(self, spec: JobSpec, *, life: JobLifecycle, factory: sessionmaker[Session], settings: Settings,
+                 config: SearchConfig, scheduler: GradientScheduler) -> None:
+        self.spec = spec
+        self.life = life
+        self.factory = factory
+        self.settings = settings
+        self.config = config
+        self.scheduler = scheduler
+        self.tasks: list[TunedTask] = []
+        self.used = 0  # candidates of this job that count against the budget (measured or awaited)
+        self.learned_from: set[int] = set()  # family members whose measurements the cost model has had
+
+    def add(self, task: TunedTask, history: list[CandidateOutcome], resumed: Batch) -> None:
+        """A task to search, warmed from its ``history`` in this job (its candidates in flight go into ``resumed``)."""
+        self.tasks.append(task)
+        self.scheduler.add(task.spec.id, task.spec.weight)
+        self.used += seed_task(self.factory, self.spec, task, history, self.scheduler, resumed)
+
+    def close(self) -> None:
+        """End every task's search; a TVM error here is logged, not raised (the job's outcome stands)."""
+        for task in self.tasks:
+            try:
+                task.search.close()
+            except TVM_ERRORS:
+                log.debug("closing the search of task %d failed", task.spec.id, exc_info=True)
+
+    def run(self, resumed: Batch) -> None:
+        """Until the budget is spent or no task can go on; ``resumed``: candidates in flight before a restart."""
+        spec = self.spec
+        by_id = {t.spec.id: t for t in self.tasks}
+        queued: deque[Batch] = deque([resumed] if resumed.inflight else [])
+        number = resumed.number
+        while True:
+            self.life.check()
+            remaining = spec.trials - self.used
+            if remaining > 0 and len(queued) < self.settings.tuner_pipeline_depth:
+                key = self.scheduler.next()
+                if key is not None:
+                    number += 1
+                    batch = self._propose(by_id[key], number, remaining)
+                    if batch.inflight:
+                        self.scheduler.started(key)
+                        queued.append(batch)
+                    continue  # propose again (pipelining), or pick another task if this one had none
+            if queued:
+                self._await_and_feed(queued.popleft())
+                continue
+            if remaining <= 0:
+                return
+            if all(t.search.exhausted for t in self.tasks):
+                log.info("job %d: every task's search space is exhausted after %d trials", spec.id, self.used)
+            else:
+                log.info("job %d: every task stopped improving; done after %d of %d trials",
+                         spec.id, self.used, spec.trials)
+            return
+
+    def _propose(self, task: TunedTask, number: int, remaining: int) -> Batch:
+        """One batch of ``task`` into the queue (empty when its search had nothing new this time)."""
+        spec = self.spec
+        batch = Batch(number=number)
+        if task.transfer_pending:
+            task.transfer_pending = False
+            carry_family_over(self.factory, spec, task, limit=min(self.config.transfer_seeds, spec.trials_per_round),
+                              learned_from=self.learned_from, siblings={t.spec.workload_id for t in self.tasks})
+        unstarted = self.scheduler.unstarted()
+        # While some tasks have had no batch yet, leave them an equal share of what is left,
+        # so a budget smaller than one batch per task still reaches every task.
+        share = -(-remaining // len(unstarted)) if task.spec.id in unstarted else remaining
+        proposals = task.search.propose(max(1, min(spec.trials_per_round, share, remaining)))
+        if not proposals:
+            if task.search.exhausted:
+                self.scheduler.mark_exhausted(task.spec.id)
+            return batch
+        with session_scope(self.factory) as session:
+            self.life.confirm_ours(session)  # enqueue only while the job is still ours
+            ids = enqueue_candidates(
+                session,
+                task_id=task.spec.id,
+                workload_id=task.spec.workload_id,
+                target_key=spec.target_key,
+                traces=[p.trace_json for p in proposals],
+                round=number,
+            )
+            batch.inflight.update({cid: (task, p) for cid, p in zip(ids, proposals)})
+        self.used += len(batch.inflight)
+        log.info("job %d batch %d: queued %d candidates of %s; %d/%d trials",
+                 spec.id, number, len(batch.inflight), task.spec.name, self.used, spec.trials)
+        return batch
+
+    def _await(self, batch: Batch) -> dict[int, MeasurementOutcome]:
+        """Wait until every candidate of the batch is measured or withdrawn; the measurements by candidate id."""
+        waiting = dict(batch.inflight)
+        results: dict[int, MeasurementOutcome] = {}
+        while waiting:
+            self.life.check()
+            with session_scope(self.factory) as session:
+                rows = job_candidates(session, job_id=self.spec.id, candidate_ids=list(waiting))
+            for row in rows:
+                outcome = outcome_of(row)
+                if outcome is not None:
+                    results[row.candidate_id] = outcome
+                    del waiting[row.candidate_id]
+                elif row.state == CandidateState.cancelled:  # withdrawn without a measurement: it does not count
+                    del waiting[row.candidate_id]
+                    self.used -= 1
+            if waiting:
+                self.life.stop.wait(self.settings.tuner_poll_s)
+        return results
+
+    def _await_and_feed(self, batch: Batch) -> None:
+        """Await the batch, then feed its measurements to the searches and the scheduler."""
+        results = self._await(batch)
+        per_task: dict[int, tuple[TunedTask, list[Proposal], list[MeasurementOutcome]]] = {}
+        latencies: dict[int, list[float | None]] = defaultdict(list)
+        for cid, outcome in results.items():
+            task, proposal = batch.inflight[cid]
+            task.done += 1
+            task.valid += outcome.valid
+            latencies[task.spec.id].append(outcome.mean_secs)
+            if proposal is None:
+                continue
+            entry = per_task.setdefault(task.spec.id, (task, [], []))
+            entry[1].append(proposal)
+            entry[2].append(outcome)
+        for task, proposals, outcomes in per_task.values():
+            self.life.check()
+            task.search.observe(proposals, outcomes)
+        for key, lat in latencies.items():
+            self.scheduler.observe(key, lat)
+        for task in self.tasks:
+            if task.spec.id in latencies:
+                log.info(
+                    "job %d batch %d: task %s %d trials (%d valid), best %s%s; job %d/%d trials",
+                    self.spec.id, batch.number, task.spec.name, task.done, task.valid, fmt_ms(task.search.best_secs),
+                    " (stopped improving: stops early)" if self.scheduler.converged(task.spec.id) else "",
+                    self.used, self.spec.trials,
+                )
+        batch.inflight.clear()
