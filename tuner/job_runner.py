@@ -54,9 +54,9 @@ def run_job(
         log.warning("job %d is %s and owned by %r, not %r: not running it", spec.id, spec.status, spec.tuner_owner, owner)
         return None
     scheduler = GradientScheduler(patience=config.patience_trials)
-    life = JobLifecycle(spec, owner=owner, factory=session_factory, settings=settings, stop=stop)
+    life = JobLifecycle(spec, owner=owner, factory=session_factory, settings=settings, stop=stop,
+                        trials_used=lambda: loop.used)
     loop = BatchLoop(spec, life=life, factory=session_factory, settings=settings, config=config, scheduler=scheduler)
-    life.trials_used = lambda: loop.used
     answered: dict[str, float] = {}
     with life, closing(loop):
         resumed = _start(spec, loop, answered, factory=session_factory, settings=settings, config=config)

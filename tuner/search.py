@@ -66,6 +66,9 @@ class SearchConfig:
     """A workload new to the target key first measures up to this many of its family's best
     schedules, adapted to its shapes (``tuner.transfer``); 0 turns that off."""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cost_model", CostModelKind(self.cost_model))  # accepts the plain strings too
+
     def strategy(self) -> Any:
         from tvm.s_tir import meta_schedule as ms
 
