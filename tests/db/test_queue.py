@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import catalog, queue
+from db import jobs, queue, uploads, workers, workloads
 from db.engine import db_now, session_scope
 from db.models import Candidate, Lease, Measurement
 from common.errors import BadInput, LeaseLost, NotFound
@@ -67,18 +67,18 @@ class World:
 @pytest.fixture
 def world(session_factory: sessionmaker[Session]) -> World:
     with session_scope(session_factory) as s:
-        model, _ = catalog.store_model(s, name="m", content=b"onnx", input_shapes={})
-        wid = catalog.upsert_workloads(s, extracted=[_Wl("123")])["123"]
-        job = catalog.create_job(s, model_id=model.id, target_json={"kind": "llvm"}, target_key=KEY, trials=8,
+        model, _ = uploads.store_model(s, name="m", content=b"onnx", input_shapes={})
+        wid = workloads.upsert_workloads(s, extracted=[_Wl("123")])["123"]
+        job = jobs.create_job(s, model_id=model.id, target_json={"kind": "llvm"}, target_key=KEY, trials=8,
                                  trials_per_round=4, tasks=[("t", 1, wid)])
-        task_id = catalog.job_public(s, job_id=job).tasks[0].id
-        workers = [
-            catalog.register_worker(
+        task_id = jobs.job_public(s, job_id=job).tasks[0].id
+        worker_ids = [
+            workers.register_worker(
                 s, name=f"w{i}", token_id=None, hardware={}, target_json={"kind": "llvm"}, target_key=KEY
             ).id
             for i in range(4)
         ]
-    return World(session_factory, task_id, wid, workers)
+    return World(session_factory, task_id, wid, worker_ids)
 
 
 def ok(cid: int, secs: float = 1e-3) -> CandidateResult:
