@@ -143,22 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
     args = parser.parse_args(argv)
 
-    from sqlalchemy import func, select
-
-    from db.engine import make_engine, make_sessionmaker, session_scope
-    from db.models import Measurement, Worker
     from common.settings import Settings
+    from db import training_data
+    from db.engine import make_engine, make_sessionmaker, session_scope
 
     url = args.database_url or Settings().resolved_database_url()
     factory = make_sessionmaker(make_engine(url))
     with session_scope(factory) as session:
-        key = args.target_key or session.scalar(
-            select(Measurement.target_key).group_by(Measurement.target_key).order_by(func.count().desc()).limit(1))
+        key = args.target_key or training_data.busiest_target_key(session)
         if key is None:
             print("no measurements in the database", file=sys.stderr)
             return 1
-        # The key is the canonical target JSON (common.targets.canonical_target).
-        target = session.scalar(select(Worker.target_json).where(Worker.target_key == key).limit(1)) or key
+        target = training_data.target_of_key(session, target_key=key)
     scores = evaluate(factory, target_key=key, target=target, holdout=args.holdout, k=args.k, seed=args.seed)
     if args.json:
         print(json.dumps([s.__dict__ for s in scores], indent=2))

@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session
 
 from common.protocol import CandidateWire, LeaseResponse
 from db import queue
-from db.models import Worker, Workload
+from db.engine import as_utc
+from db.models import Workload
+from db.records import WorkerRecord
 
 
-
-def lease_batch(session: Session, *, worker: Worker, max_count: int, ttl_s: float) -> LeaseResponse:
+def lease_batch(session: Session, *, worker: WorkerRecord, max_count: int, ttl_s: float) -> LeaseResponse:
     """Lease candidates for the worker's target and describe them for the wire.
 
     Each distinct workload's IRModule travels once per batch (``workloads``),
@@ -36,13 +37,13 @@ def lease_batch(session: Session, *, worker: Worker, max_count: int, ttl_s: floa
         ttl_s=ttl_s,
         seen_at=worker.last_seen_at,
     )
-    target = json.loads(worker.target_json)
+    target = worker.target
     if lease is None:
         return LeaseResponse(lease_id=None, ttl_s=ttl_s, target=target)
     wls = _wire_workloads(session, {c.workload_id for c in cands})
     return LeaseResponse(
         lease_id=lease.id,
-        expires_at=lease.expires_at,
+        expires_at=as_utc(lease.expires_at),
         ttl_s=ttl_s,
         target=target,
         candidates=[

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Row, bindparam, insert, select, update
@@ -134,6 +134,8 @@ def lease_candidates(
     now = db_now(session)
     requeue_expired(session, now=now)
     ids = list(session.scalars(_PICK, {"key": target_key, "n": max_count}))
+    if seen_at is not None and seen_at.tzinfo is not None:  # a wire-side (aware) reading
+        seen_at = seen_at.astimezone(timezone.utc).replace(tzinfo=None)
     if seen_at is None or now - seen_at >= timedelta(seconds=WORKER_SEEN_RESOLUTION_S):
         session.execute(_TOUCH_WORKER, {"wid": worker_id, "seen": now})
     if not ids:

@@ -18,7 +18,7 @@ from common.errors import NotFound
 from common.protocol import Role
 from db.engine import db_now
 from db.models import Token
-
+from db.records import TokenRecord
 
 
 def hash_token(raw: str) -> str:
@@ -32,16 +32,20 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def create_token(session: Session, *, name: str, role: Role | str) -> tuple[Token, str]:
-    """A new random token; returns (row, raw). The raw token exists only in the return value."""
+def _record(row: Token) -> TokenRecord:
+    return TokenRecord(id=row.id, name=row.name, role=Role(row.role))
+
+
+def create_token(session: Session, *, name: str, role: Role | str) -> tuple[TokenRecord, str]:
+    """A new random token; returns (record, raw). The raw token exists only in the return value."""
     raw = secrets.token_urlsafe(32)
     row = Token(name=name, role=Role(role).value, token_hash=hash_token(raw), created_at=db_now(session))
     session.add(row)
     session.flush()
-    return row, raw
+    return _record(row), raw
 
 
-def ensure_token(session: Session, *, raw: str, name: str, role: Role | str) -> Token:
+def ensure_token(session: Session, *, raw: str, name: str, role: Role | str) -> TokenRecord:
     """Store a known raw token once (the admin bootstrap); later calls return the same row.
 
     Several replicas starting at once race on the unique hash; the loser reads
@@ -51,14 +55,14 @@ def ensure_token(session: Session, *, raw: str, name: str, role: Role | str) -> 
     digest = hash_token(raw)
     existing = session.scalars(select(Token).where(Token.token_hash == digest)).one_or_none()
     if existing is not None:
-        return existing
+        return _record(existing)
     row = Token(name=name, role=Role(role).value, token_hash=digest, created_at=db_now(session))
     try:
         with session.begin_nested():
             session.add(row)
     except IntegrityError:
-        return session.scalars(select(Token).where(Token.token_hash == digest)).one()
-    return row
+        return _record(session.scalars(select(Token).where(Token.token_hash == digest)).one())
+    return _record(row)
 
 
 # Every request runs it: built once, so its cache key is computed once (see db/queue.py).

@@ -15,17 +15,17 @@ from sqlalchemy.orm import Session, defer
 
 from common.errors import BadInput, Conflict, NotFound
 from common.protocol import ModelPublic
-from db.engine import db_now
+from db.engine import as_utc, db_now
 from db.models import Model
-
+from db.records import ModelFile
 
 
 def store_model(
     session: Session, *, name: str, content: bytes, input_shapes: dict[str, list[int]]
-) -> tuple[Model, bool]:
-    """Store model bytes once by sha256; returns (row, created).
+) -> tuple[ModelPublic, bool]:
+    """Store model bytes once by sha256; returns (its wire view, created).
 
-    Uploading the same bytes again returns the stored row (created=False), so
+    Uploading the same bytes again returns the stored model (created=False), so
     re-running a script does not fill the database. The same bytes with other
     input shapes are a Conflict: the shapes decide the workloads, and silently
     answering with the old ones would tune the wrong thing.
@@ -48,7 +48,7 @@ def store_model(
         try:
             with session.begin_nested():
                 session.add(row)
-            return row, True
+            return _public(row, created=True), True
         except IntegrityError:  # another request stored the same bytes just now
             existing = _model_by_sha(session, digest)
             assert existing is not None
@@ -58,19 +58,27 @@ def store_model(
             f"{existing.input_shapes_json}, not {shapes_json}; use that model, or upload a copy "
             f"with the batch dimension fixed"
         )
-    return existing, False
+    return _public(existing, created=False), False
 
 
 def _model_by_sha(session: Session, digest: str) -> Model | None:
     return session.scalars(select(Model).where(Model.sha256 == digest)).one_or_none()
 
 
-def get_model(session: Session, *, model_id: int, with_content: bool = True) -> Model:
-    """The model row (its bytes loaded only when asked); NotFound names the id."""
-    row = session.get(Model, model_id, options=[] if with_content else [defer(Model.content)])
+def get_model(session: Session, *, model_id: int) -> ModelPublic:
+    """The model's wire view, without loading its bytes; NotFound names the id."""
+    row = session.get(Model, model_id, options=[defer(Model.content)])
     if row is None:
         raise NotFound(f"model {model_id} does not exist")
-    return row
+    return _public(row)
+
+
+def model_file(session: Session, *, model_id: int) -> ModelFile:
+    """The model's bytes and stored input shapes; NotFound names the id."""
+    row = session.get(Model, model_id)
+    if row is None:
+        raise NotFound(f"model {model_id} does not exist")
+    return ModelFile(id=row.id, content=row.content, input_shapes=json.loads(row.input_shapes_json))
 
 
 def list_models(session: Session, *, limit: int = 100, offset: int = 0) -> list[ModelPublic]:
@@ -78,10 +86,10 @@ def list_models(session: Session, *, limit: int = 100, offset: int = 0) -> list[
     rows = session.scalars(
         select(Model).options(defer(Model.content)).order_by(Model.id.desc()).limit(limit).offset(offset)
     )
-    return [model_public(r) for r in rows]
+    return [_public(r) for r in rows]
 
 
-def model_public(row: Model, *, created: bool = False) -> ModelPublic:
+def _public(row: Model, *, created: bool = False) -> ModelPublic:
     """The wire view; ``created`` is True only in the answer to the upload that stored it."""
     return ModelPublic(
         id=row.id,
@@ -89,7 +97,7 @@ def model_public(row: Model, *, created: bool = False) -> ModelPublic:
         sha256=row.sha256,
         size_bytes=row.size_bytes,
         input_shapes=json.loads(row.input_shapes_json),
-        created_at=row.created_at,
+        created_at=as_utc(row.created_at),
         created=created,
     )
 

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from common.errors import NotFound
 from common.protocol import Calibration, WorkerPublic
-from db.engine import db_now
+from db.engine import as_utc, db_now
 from db.models import Worker
+from db.records import WorkerRecord
 
 
 
@@ -26,8 +27,8 @@ def register_worker(
     hardware: dict[str, Any],
     target_json: dict[str, Any] | str,
     target_key: str,
-) -> Worker:
-    """Register a worker, or return its row again when it restarts.
+) -> WorkerRecord:
+    """Register a worker, or return it again when it restarts.
 
     A daemon registers at every start; (name, token, target key) identifies it,
     so a restart keeps its id and its leases instead of adding a row each time.
@@ -49,27 +50,43 @@ def register_worker(
     row.target_json = text
     row.last_seen_at = now
     session.flush()
-    return row
+    return _record(row)
 
 
-def get_worker(session: Session, *, worker_id: int) -> Worker:
+def get_worker(session: Session, *, worker_id: int) -> WorkerRecord:
+    """The registered worker; NotFound tells the caller to register first."""
     row = session.get(Worker, worker_id)
     if row is None:
         raise NotFound(f"worker {worker_id} is not registered; POST /api/v1/workers first")
-    return row
+    return _record(row)
+
+
+def _record(row: Worker) -> WorkerRecord:
+    calibration = Calibration.model_validate_json(row.calibration_json) if row.calibration_json else None
+    return WorkerRecord(
+        id=row.id,
+        name=row.name,
+        token_id=row.token_id,
+        hardware=json.loads(row.hardware_json or "{}"),
+        target=json.loads(row.target_json),
+        target_key=row.target_key,
+        last_seen_at=as_utc(row.last_seen_at),
+        calibration=calibration,
+    )
 
 
 def list_workers(session: Session, *, target_key: str | None = None) -> list[WorkerPublic]:
     q = select(Worker).order_by(Worker.id)
     if target_key is not None:
         q = q.where(Worker.target_key == target_key)
-    return [worker_public(w) for w in session.scalars(q)]
+    return [worker_public(_record(w)) for w in session.scalars(q)]
 
 
-def worker_public(row: Worker) -> WorkerPublic:
-    calibration = Calibration.model_validate_json(row.calibration_json) if row.calibration_json else None
+def worker_public(worker: WorkerRecord) -> WorkerPublic:
+    """The wire view of a worker (no token, no timestamps)."""
     return WorkerPublic(
-        id=row.id, name=row.name, target=json.loads(row.target_json), target_key=row.target_key, calibration=calibration
+        id=worker.id, name=worker.name, target=worker.target, target_key=worker.target_key,
+        calibration=worker.calibration,
     )
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import tokens, workers
 from db.engine import session_scope
-from db.models import Worker
+from db.records import WorkerRecord
 from common.errors import Forbidden, Unauthorized
 from common.protocol import Role
 from common.settings import Settings
@@ -80,7 +80,7 @@ UserToken = Annotated[AuthToken, Depends(require_roles(Role.admin, Role.user))]
 WorkerToken = Annotated[AuthToken, Depends(require_roles(Role.admin, Role.worker))]
 
 
-def owned_worker(session: Session, token: AuthToken, worker_id: int) -> Worker:
+def owned_worker(session: Session, token: AuthToken, worker_id: int) -> WorkerRecord:
     """The worker, if the caller registered it (or is admin): one token cannot drive another's worker."""
     worker = workers.get_worker(session, worker_id=worker_id)
     if token.role is not Role.admin and worker.token_id != token.id:

@@ -7,7 +7,6 @@ it up from the database.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -30,8 +29,8 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, _: U
 
     pause_transaction(session)  # the first canonical_target in a process imports TVM (seconds)
     target_json, target_key = canonical_target(body.target)
-    model = uploads.get_model(session, model_id=body.model_id)
-    content, shapes = model.content, json.loads(model.input_shapes_json)
+    model = uploads.model_file(session, model_id=body.model_id)
+    content, shapes = model.content, model.input_shapes
     pause_transaction(session)  # model intake below takes seconds of TVM work
     extracted = extract_workloads(content, shapes, target_json)
     ids = workloads.upsert_workloads(session, extracted=extracted)

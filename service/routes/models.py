@@ -49,12 +49,12 @@ def upload_model(
     shapes = _parse_shapes(input_shapes)
     pause_transaction(session)
     inputs = inspect_onnx(content, shapes)  # BadInput with the parser's reason
-    row, created = uploads.store_model(
+    model, created = uploads.store_model(
         session, name=name or file.filename or "model.onnx", content=content, input_shapes=inputs.shapes
     )
     if not created:
         response.status_code = 200
-    return uploads.model_public(row, created=created)
+    return model
 
 
 @router.get("")
@@ -70,4 +70,4 @@ def list_models(
 
 @router.get("/{model_id}")
 def get_model(model_id: int, session: SessionDep, _: CurrentToken) -> ModelPublic:
-    return uploads.model_public(uploads.get_model(session, model_id=model_id, with_content=False))
+    return uploads.get_model(session, model_id=model_id)

@@ -17,7 +17,7 @@ def register_worker(body: WorkerRegister, session: SessionDep, token: WorkerToke
     """Register (or re-register after a restart: same name, token and target give the same id)."""
     pause_transaction(session)  # the first canonical_target in a process imports TVM (seconds)
     target_json, target_key = canonical_target(body.target)
-    row = workers.register_worker(
+    worker = workers.register_worker(
         session,
         name=body.name,
         token_id=token.id,
@@ -26,8 +26,8 @@ def register_worker(body: WorkerRegister, session: SessionDep, token: WorkerToke
         target_key=target_key,
     )
     if body.calibration is not None:
-        workers.set_worker_calibration(session, worker_id=row.id, calibration=body.calibration)
-    return workers.worker_public(row)
+        workers.set_worker_calibration(session, worker_id=worker.id, calibration=body.calibration)
+    return workers.worker_public(workers.get_worker(session, worker_id=worker.id))
 
 
 @router.get("")

@@ -92,7 +92,8 @@ def test_trained_from_the_database_versioned_and_loaded_warm(session_factory: se
     from tvm.s_tir import meta_schedule as ms
 
     from cost_model.model import booster_from_bytes
-    from cost_model.store import latest, load_cost_model, refresh
+    from cost_model.store import load_cost_model, refresh
+    from db.cost_models import latest
 
     target, _ = canonical_target(CPU_TARGET)
     key = store_measurements(session_factory, 32, 0)

@@ -31,9 +31,11 @@ class Wl:
 def test_tokens(session_factory: sessionmaker[Session]) -> None:
     assert tokens.hash_token("abc") == hashlib.sha256(b"abc").hexdigest()
     with session_scope(session_factory) as s:
-        row, raw = tokens.create_token(s, name="alice", role=Role.user)
-        tid = row.id
-        assert row.token_hash == tokens.hash_token(raw) and raw not in row.token_hash
+        made, raw = tokens.create_token(s, name="alice", role=Role.user)
+        tid = made.id
+        assert (made.name, made.role) == ("alice", Role.user)
+        stored = s.scalars(select(Token.token_hash).where(Token.id == tid)).one()
+        assert stored == tokens.hash_token(raw) and raw not in stored
         admin = tokens.ensure_token(s, raw="fixed-admin-token", name="admin", role="admin")
         assert tokens.ensure_token(s, raw="fixed-admin-token", name="admin", role="admin").id == admin.id
     with session_scope(session_factory) as s:
@@ -63,9 +65,12 @@ def test_models_dedup_by_sha256(session_factory: sessionmaker[Session]) -> None:
     with session_scope(session_factory) as s:
         listed = uploads.list_models(s)
         assert [x.name for x in listed] == ["d.onnx", "a.onnx"] and listed[1].input_shapes == {"x": [1, 2]}
-        assert uploads.get_model(s, model_id=m.id).content == b"bytes-1"
+        assert uploads.model_file(s, model_id=m.id).content == b"bytes-1"
+        assert uploads.get_model(s, model_id=m.id).created_at.tzinfo is not None  # aware UTC on the wire
         with pytest.raises(NotFound, match="model 987654"):
             uploads.get_model(s, model_id=987654)
+        with pytest.raises(NotFound, match="model 987654"):
+            uploads.model_file(s, model_id=987654)
 
 
 def test_upsert_workloads_is_idempotent_and_race_safe(session_factory: sessionmaker[Session]) -> None:
@@ -157,7 +162,7 @@ def test_register_worker_again_keeps_its_id(session_factory: sessionmaker[Sessio
             )
 
         a, b, c = register({"cores": 2}, KEY), register({"cores": 4}, KEY), register({}, OTHER_KEY)
-        assert a.id == b.id != c.id and b.hardware_json == '{"cores": 4}'
+        assert a.id == b.id != c.id and b.hardware == {"cores": 4}
         assert [w.id for w in workers.list_workers(s)] == [a.id, c.id]
         assert [w.id for w in workers.list_workers(s, target_key=OTHER_KEY)] == [c.id]
         assert workers.get_worker(s, worker_id=a.id).name == "box"
