@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.engine import db_now
 from db.models import Candidate, Job, Measurement, Task, Workload
+from db.ranking import ranked_measurements
 from common.errors import BadInput, NotFound
 from common.protocol import JobStatus
 
@@ -266,62 +267,39 @@ def job_candidates(
 def fleet_best(
     session: Session, *, workload_id: int, target_key: str, exclude_task_id: int, limit: int
 ) -> list[CandidateOutcome]:
-    """The fastest valid measurements of a workload on a target key made by other tasks (other jobs).
+    """The best measurements (``db.ranking`` policy) of a workload on a target key made by other tasks.
 
     A new or resumed search warms its cost model with them and does not measure them again.
     """
-    if limit <= 0:
-        return []
-    rows = session.execute(
-        select(Candidate.id, Candidate.task_id, Candidate.trace_json, Candidate.round, Candidate.state, Measurement.run_secs_json)
-        .join(Measurement, Measurement.candidate_id == Candidate.id)
-        .where(
-            Measurement.workload_id == workload_id,
-            Measurement.target_key == target_key,
-            Measurement.mean_secs.is_not(None),
-            Candidate.task_id != exclude_task_id,
-        )
-        .order_by(Measurement.mean_secs, Measurement.id)
-        .limit(limit)
-    ).all()
+    ranked = ranked_measurements(
+        session, target_key=target_key, workload_ids=[workload_id], per_workload=limit,
+        exclude_task_id=exclude_task_id,
+    ).get(workload_id, [])
     return [
         CandidateOutcome(
-            candidate_id=cid,
-            task_id=task_id,
-            trace_json=trace_json,
-            round=rnd,
-            state=state,
+            candidate_id=m.candidate_id,
+            task_id=m.task_id,
+            trace_json=m.trace_json,
+            round=m.round,
+            state=m.state,
             measured=True,
-            run_secs=tuple(float(s) for s in json.loads(secs)),
+            run_secs=m.run_secs,
             error=None,
         )
-        for cid, task_id, trace_json, rnd, state, secs in rows
+        for m in ranked
     ]
 
 
 def tuned_workloads(
     session: Session, *, workload_ids: Sequence[int], target_key: str, exclude_job_id: int
 ) -> dict[int, float]:
-    """Workloads already tuned for a target key: {workload id: best mean seconds}.
+    """Workloads already tuned for a target key: {workload id: its best's mean seconds}.
 
     Tuned means a finished (``done``) job other than ``exclude_job_id`` measured a valid
     schedule for it on that key; a job that is still running does not count, so two
-    concurrent jobs on one workload both tune it.
+    concurrent jobs on one workload both tune it. The best is by the ``db.ranking`` policy.
     """
-    if not workload_ids:
-        return {}
-    rows = session.execute(
-        select(Measurement.workload_id, func.min(Measurement.mean_secs))
-        .join(Candidate, Candidate.id == Measurement.candidate_id)
-        .join(Task, Task.id == Candidate.task_id)
-        .join(Job, Job.id == Task.job_id)
-        .where(
-            Measurement.workload_id.in_(list(workload_ids)),
-            Measurement.target_key == target_key,
-            Measurement.mean_secs.is_not(None),
-            Job.status == JobStatus.done.value,
-            Job.id != exclude_job_id,
-        )
-        .group_by(Measurement.workload_id)
-    ).all()
-    return {int(wid): float(best) for wid, best in rows}
+    ranked = ranked_measurements(
+        session, target_key=target_key, workload_ids=workload_ids, done_jobs_except=exclude_job_id
+    )
+    return {wid: best[0].mean_secs for wid, best in ranked.items()}

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Candidate, Measurement, Worker, Workload
+from db.ranking import ranked_measurements
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,9 @@ def target_of_key(session: Session, *, target_key: str) -> str:
 
 
 def workload_bests(session: Session, *, target_key: str, workload_ids: Sequence[int]) -> dict[int, float]:
-    """{workload id: its best unflagged mean seconds on the key} over the whole database (the labels' scale)."""
-    if not workload_ids:
-        return {}
-    return dict(session.execute(
-        select(Measurement.workload_id, func.min(Measurement.mean_secs))
-        .where(Measurement.target_key == target_key, Measurement.workload_id.in_(list(workload_ids)),
-               Measurement.flagged.is_(False))
-        .group_by(Measurement.workload_id)).all())
+    """{workload id: mean seconds of its best valid unflagged measurement on the key} (the labels' scale).
+
+    The best by the one ranking policy (``db.ranking``), over the whole database.
+    """
+    ranked = ranked_measurements(session, target_key=target_key, workload_ids=workload_ids, unflagged_only=True)
+    return {wid: best[0].mean_secs for wid, best in ranked.items()}

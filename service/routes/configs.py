@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from db import best, jobs
+from db import jobs, ranking
 from service.deps import CurrentToken, SessionDep, pause_transaction
 from common.errors import BadInput, NotFound
 from common.targets import canonical_target
@@ -42,7 +42,7 @@ def download_configs(
         what, filename = f"model {model} on {target_key}", f"tunehub-configs-model{model}.zip"
     else:
         raise BadInput("name a job (?job=ID) or a model and a target (?model=ID&target=<target JSON>)")
-    records = best.best_records(session, target_key=target_key, workload_ids=ids)
+    records = ranking.best_records(session, target_key=target_key, workload_ids=ids)
     if not records:
         raise NotFound(f"nothing has been measured yet for {what}; try again once workers have reported")
     pause_transaction(session)  # replaying traces into the zip takes TVM time

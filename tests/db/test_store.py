@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import best, jobs, queue, tokens, uploads, workers, workloads
+from db import jobs, queue, ranking, tokens, uploads, workers, workloads
 from db.engine import session_scope
 from db.models import Token, Workload
 from common.errors import BadInput, Conflict, NotFound
@@ -186,14 +186,14 @@ def test_best_records_span_jobs_skip_errors_and_break_ties_by_candidate(session_
         _measure(s, w.id, new[1].id, ids["c"], KEY, [None])  # "c": only an error
         _measure(s, w2.id, other[0].id, ids["a"], OTHER_KEY, [1e-6])  # faster, but another target key
     with session_scope(session_factory) as s:
-        recs = best.best_records(s, target_key=KEY, workload_ids=[ids["a"], ids["c"], ids["b"], ids["a"]])
+        recs = ranking.best_records(s, target_key=KEY, workload_ids=[ids["a"], ids["c"], ids["b"], ids["a"]])
         assert [(r.shash, r.candidate_id, r.mean_secs) for r in recs] == [
             ("a", a_old[1], pytest.approx(1e-3)),
             ("b", b[1], pytest.approx(4e-3)),
         ]
         assert recs[0].trace_json == '[["c1"],[]]' and recs[0].run_secs == [1e-3] and recs[0].mod_json == "{}"
-        assert best.best_records(s, target_key=KEY, workload_ids=[]) == []
-        assert [r.mean_secs for r in best.best_records(s, target_key=OTHER_KEY, workload_ids=[ids["a"]])] == [1e-6]
+        assert ranking.best_records(s, target_key=KEY, workload_ids=[]) == []
+        assert [r.mean_secs for r in ranking.best_records(s, target_key=OTHER_KEY, workload_ids=[ids["a"]])] == [1e-6]
         assert sorted(jobs.model_workloads(s, model_id=model.id, target_key=KEY)) == sorted(ids.values())
         assert jobs.model_workloads(s, model_id=model.id, target_key="none") == []
         target, key, wids = jobs.job_workloads(s, job_id=old_job)
