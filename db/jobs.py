@@ -76,7 +76,7 @@ def list_jobs(
     session: Session,
     *,
     model_id: int | None = None,
-    status: JobStatus | str | None = None,
+    status: JobStatus | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> list[JobPublic]:

@@ -30,6 +30,7 @@ from common.protocol import CandidateResult, CandidateState, ResultsAck
 # How stale a worker's last_seen_at may get before a lease stamps it again.
 WORKER_SEEN_RESOLUTION_S = 5.0
 
+# The stored values, for SQL; records carry CandidateState (a str enum, equal to these).
 PENDING = CandidateState.pending.value
 LEASED = CandidateState.leased.value
 DONE = CandidateState.done.value
@@ -173,7 +174,7 @@ def heartbeat(session: Session, *, lease_id: int, worker_id: int, ttl_s: float) 
 
 
 def _validate(result: CandidateResult) -> tuple[str | None, float | None, str | None]:
-    """(run_secs_json, mean_secs, error) for one result; BadInput when it says neither or both."""
+    """(run_secs_json, mean_secs, error) for one result; BadInput when it says neither."""
     if result.error is not None:
         return None, None, result.error[:4000]
     secs = result.run_secs
@@ -203,6 +204,7 @@ def complete(
     _owned_lease(session, lease_id=lease_id, worker_id=worker_id)
     validated = [(r.candidate_id, *_validate(r)) for r in results]
     flagged = {r.candidate_id for r in results if r.error is None and (r.flagged or flag_all)}
+    kinds = {r.candidate_id: r.error_kind.value for r in results if r.error is not None and r.error_kind is not None}
     now = db_now(session)
     accepted: list[int] = []
     ignored: list[int] = []
@@ -222,6 +224,7 @@ def complete(
                 run_secs_json=run_secs_json,
                 mean_secs=mean_secs,
                 error=error,
+                error_kind=kinds.get(cid),
                 flagged=cid in flagged,
                 created_at=now,
             )

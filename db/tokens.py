@@ -36,7 +36,7 @@ def _record(row: Token) -> TokenRecord:
     return TokenRecord(id=row.id, name=row.name, role=Role(row.role))
 
 
-def create_token(session: Session, *, name: str, role: Role | str) -> tuple[TokenRecord, str]:
+def create_token(session: Session, *, name: str, role: Role) -> tuple[TokenRecord, str]:
     """A new random token; returns (record, raw). The raw token exists only in the return value."""
     raw = secrets.token_urlsafe(32)
     row = Token(name=name, role=Role(role).value, token_hash=hash_token(raw), created_at=db_now(session))
@@ -45,7 +45,7 @@ def create_token(session: Session, *, name: str, role: Role | str) -> tuple[Toke
     return _record(row), raw
 
 
-def ensure_token(session: Session, *, raw: str, name: str, role: Role | str) -> TokenRecord:
+def ensure_token(session: Session, *, raw: str, name: str, role: Role) -> TokenRecord:
     """Store a known raw token once (the admin bootstrap); later calls return the same row.
 
     Several replicas starting at once race on the unique hash; the loser reads

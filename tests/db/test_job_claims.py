@@ -14,6 +14,7 @@ from db.engine import db_now, session_scope
 from db.job_claims import claim_job, finish_job, job_heartbeat, job_status, release_job
 from db.models import Job, Model
 from common.errors import BadInput
+from common.protocol import CandidateState, JobStatus, MeasurementOutcome
 
 
 def _job(factory: sessionmaker[Session], *, status: str = "queued") -> int:
@@ -50,9 +51,9 @@ def test_claim_heartbeat_finish(session_factory: sessionmaker[Session]) -> None:
         assert job_heartbeat(s, job_id=job_id, owner="a")
         assert not job_heartbeat(s, job_id=job_id, owner="b")
         with pytest.raises(BadInput):
-            finish_job(s, job_id=job_id, owner="a", status="queued")
-        assert not finish_job(s, job_id=job_id, owner="b", status="done")
-        assert finish_job(s, job_id=job_id, owner="a", status="failed", error="RuntimeError('x')")
+            finish_job(s, job_id=job_id, owner="a", status=JobStatus.queued)
+        assert not finish_job(s, job_id=job_id, owner="b", status=JobStatus.done)
+        assert finish_job(s, job_id=job_id, owner="a", status=JobStatus.failed, error="RuntimeError('x')")
         assert not job_heartbeat(s, job_id=job_id, owner="a")  # finished: stop working on it
     job = _row(session_factory, job_id)
     assert (job.status, job.error) == ("failed", "RuntimeError('x')")
@@ -93,7 +94,7 @@ def test_stale_running_job_is_reclaimed_and_old_owner_learns_it(session_factory:
     assert (job.status, job.tuner_owner, job.started_at) == ("running", "new", first_start)
     with session_scope(session_factory) as s:
         assert not job_heartbeat(s, job_id=job_id, owner="dead")
-        assert not finish_job(s, job_id=job_id, owner="dead", status="done")
+        assert not finish_job(s, job_id=job_id, owner="dead", status=JobStatus.done)
 
 
 def test_release_and_cancel(session_factory: sessionmaker[Session]) -> None:
@@ -106,7 +107,7 @@ def test_release_and_cancel(session_factory: sessionmaker[Session]) -> None:
         assert claim_job(s, owner="b", grace_s=10) == second
         s.execute(update(Job).where(Job.id == second).values(status="cancelled"))
         assert not job_heartbeat(s, job_id=second, owner="b")
-        assert not finish_job(s, job_id=second, owner="b", status="done")
+        assert not finish_job(s, job_id=second, owner="b", status=JobStatus.done)
         assert job_status(s, job_id=second) == "cancelled"
         assert claim_job(s, owner="c", grace_s=10) is None  # cancelled jobs are never claimed
         assert job_status(s, job_id=10_000) is None
@@ -150,14 +151,14 @@ def test_what_the_tuner_reads(session_factory: sessionmaker[Session]) -> None:
         assert (spec.trials, spec.trials_per_round, spec.status) == (8, 4, "queued")
         rows = {r.trace_json: r for r in job_candidates(s, job_id=new_job)}
         assert set(rows) == {'"mine"', '"waiting"'}
-        assert rows['"mine"'].measured and rows['"mine"'].run_secs == (5e-6,)
-        assert not rows['"waiting"'].measured and rows['"waiting"'].state == "pending"
+        assert rows['"mine"'].measured and rows['"mine"'].outcome == MeasurementOutcome(run_secs=[5e-6])
+        assert not rows['"waiting"'].measured and rows['"waiting"'].state is CandidateState.pending
         assert [r.trace_json for r in job_candidates(s, job_id=new_job, candidate_ids=[cands["waiting"]])] == ['"waiting"']
         assert job_candidates(s, job_id=new_job, candidate_ids=[]) == []
         old = {r.trace_json: r for r in job_candidates(s, job_id=old_job)}
-        assert old['"err"'].measured and old['"err"'].run_secs is None and old['"err"'].error == "crash"
+        assert old['"err"'].measured and old['"err"'].outcome.run_secs is None and old['"err"'].outcome.error == "crash"
         # Other tasks' valid measurements, fastest first; this task's own and errors left out.
         best = fleet_best(s, workload_id=wl_id, target_key='{"kind":"llvm"}', exclude_task_id=new_task_id, limit=5)
         assert [r.trace_json for r in best] == ['"fast"', '"slow"']
-        assert best[1].run_secs == (2e-5, 4e-5)
+        assert best[1].outcome == MeasurementOutcome(run_secs=[2e-5, 4e-5])
         assert fleet_best(s, workload_id=wl_id, target_key='{"kind":"cuda"}', exclude_task_id=new_task_id, limit=5) == []

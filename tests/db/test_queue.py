@@ -15,7 +15,7 @@ from db import jobs, queue, uploads, workers, workloads
 from db.engine import db_now, session_scope
 from db.models import Candidate, Lease, Measurement
 from common.errors import BadInput, LeaseLost, NotFound
-from common.protocol import CandidateResult
+from common.protocol import CandidateResult, ErrorKind, MeasurementOutcome
 
 KEY = '{"keys":["cpu"],"kind":"llvm","num-cores":2}'
 TTL = 60.0
@@ -208,3 +208,26 @@ def test_cancelled_candidates_leave_the_queue(world: World) -> None:
     assert world.states(cids) == {"cancelled"} and world.lease(1) == (None, [])
     assert world.complete(0, lid, [ok(cids[0])]).ignored == [cids[0]]  # type: ignore[arg-type]
     assert world.measurements() == 0
+
+
+def test_error_kind_is_stored_and_read_back(world: World) -> None:
+    from db.job_claims import job_candidates
+    from db.models import Task
+
+    cids = world.enqueue(3)
+    lid, _ = world.lease(0)
+    assert lid is not None
+    world.complete(0, lid, [
+        CandidateResult.model_validate(
+            {"candidate_id": cids[0], **MeasurementOutcome.failed(ErrorKind.crash, "sandbox died").model_dump()}),
+        CandidateResult(candidate_id=cids[1], error="older worker: no kind"),
+        ok(cids[2]),
+    ])
+    with session_scope(world.factory) as s:
+        kinds = dict(s.execute(select(Measurement.candidate_id, Measurement.error_kind)).all())
+        assert kinds == {cids[0]: "crash", cids[1]: None, cids[2]: None}
+        job_id = s.scalar(select(Task.job_id).where(Task.id == world.task_id))
+        outcomes = {c.candidate_id: c.outcome for c in job_candidates(s, job_id=job_id, candidate_ids=cids)}
+    assert outcomes[cids[0]] == MeasurementOutcome.failed(ErrorKind.crash, "sandbox died")
+    assert outcomes[cids[1]].error_kind is None and outcomes[cids[1]].error == "older worker: no kind"
+    assert outcomes[cids[2]].valid and outcomes[cids[2]].error_kind is None

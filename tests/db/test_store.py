@@ -36,8 +36,8 @@ def test_tokens(session_factory: sessionmaker[Session]) -> None:
         assert (made.name, made.role) == ("alice", Role.user)
         stored = s.scalars(select(Token.token_hash).where(Token.id == tid)).one()
         assert stored == tokens.hash_token(raw) and raw not in stored
-        admin = tokens.ensure_token(s, raw="fixed-admin-token", name="admin", role="admin")
-        assert tokens.ensure_token(s, raw="fixed-admin-token", name="admin", role="admin").id == admin.id
+        admin = tokens.ensure_token(s, raw="fixed-admin-token", name="admin", role=Role.admin)
+        assert tokens.ensure_token(s, raw="fixed-admin-token", name="admin", role=Role.admin).id == admin.id
     with session_scope(session_factory) as s:
         assert tokens.verify_token(s, raw=raw) == (tid, Role.user)
         assert tokens.verify_token(s, raw="fixed-admin-token") == (admin.id, Role.admin)
@@ -141,7 +141,7 @@ def test_jobs_progress_list_and_cancel(session_factory: sessionmaker[Session]) -
         listed = jobs.list_jobs(s)
         assert [j.id for j in listed] == [second, job] and listed[1] == pub
         assert listed[0].trials_done == 0  # progress is per job: its own candidates only
-        assert [j.id for j in jobs.list_jobs(s, status="queued", model_id=model.id, limit=1)] == [second]
+        assert [j.id for j in jobs.list_jobs(s, status=JobStatus.queued, model_id=model.id, limit=1)] == [second]
         assert jobs.list_jobs(s, status=JobStatus.done) == []
         with pytest.raises(NotFound):
             jobs.job_public(s, job_id=987654)
@@ -155,7 +155,7 @@ def test_jobs_progress_list_and_cancel(session_factory: sessionmaker[Session]) -
 
 def test_register_worker_again_keeps_its_id(session_factory: sessionmaker[Session]) -> None:
     with session_scope(session_factory) as s:
-        tok, _ = tokens.create_token(s, name="w", role="worker")
+        tok, _ = tokens.create_token(s, name="w", role=Role.worker)
         def register(hardware: dict[str, int], key: str):  # type: ignore[no-untyped-def]
             return workers.register_worker(
                 s, name="box", token_id=tok.id, hardware=hardware, target_json={"kind": "llvm"}, target_key=key
