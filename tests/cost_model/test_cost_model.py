@@ -186,19 +186,25 @@ def test_cold_model_is_random_until_warm(session_factory: sessionmaker[Session])
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_evaluate_ranks_held_out_beside_metaschedule(db_url: str, session_factory: sessionmaker[Session],
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from cost_model.evaluate import main
+def test_evaluate_ranks_held_out_beside_metaschedule(db_url: str, session_factory: sessionmaker[Session]) -> None:
+    from typer.testing import CliRunner
 
+    from common.errors import NotFound
+    from cost_model.evaluate import evaluate, markdown
+    from tunehub.cli import app
+
+    with pytest.raises(NotFound, match="no measurements"):
+        evaluate(session_factory)
     key = store_measurements(session_factory, 32, 0)
     store_measurements(session_factory, 32, 1)
     store_measurements(session_factory, 16, 0)
-    assert main(["--database-url", db_url, "--target-key", key, "--json"]) == 0
-    scores = {s["model"]: s for s in json.loads(capsys.readouterr().out)}
-    assert set(scores) == {"tunehub", "metaschedule"}
-    for s in scores.values():
-        assert 0 <= s["pairwise_accuracy"] <= 1 and s["workloads"] == 2 and s["test_samples"] >= 4
-    assert main(["--database-url", db_url]) == 0  # the key with most measurements by default
-    assert "| tunehub |" in capsys.readouterr().out
-
-
+    scores = evaluate(session_factory, target_key=key)
+    assert scores.target_key == key and [m.model for m in scores.models] == ["tunehub", "metaschedule"]
+    for m in scores.models:
+        assert 0 <= m.pairwise_accuracy <= 1 and m.workloads == 2 and m.test_samples >= 4
+    assert "| tunehub |" in markdown(scores) and "top-5 recall" in markdown(scores)
+    # The CLI calls it directly; the key with most measurements by default.
+    result = CliRunner().invoke(app, ["cost-model", "eval", "--database-url", db_url, "--json", "-k", "3"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["target_key"] == key and out["k"] == 3 and {m["model"] for m in out["models"]} == {"tunehub", "metaschedule"}
