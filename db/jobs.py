@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, defer
 from common.errors import BadInput, Conflict, NotFound
 from common.protocol import JobPublic, JobStatus, TaskPublic
 from db import queue
-from db.engine import db_now
+from db.engine import as_utc, db_now
 from db.models import Candidate, Job, Measurement, Model, Task, Workload
 
 
@@ -148,9 +148,9 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
             trials=j.trials,
             trials_done=sum(t.trials_done for t in tasks[j.id]),
             error=j.error,
-            created_at=j.created_at,
-            started_at=j.started_at,
-            finished_at=j.finished_at,
+            created_at=as_utc(j.created_at),
+            started_at=as_utc(j.started_at),
+            finished_at=as_utc(j.finished_at),
             tasks=tasks[j.id],
         )
         for j in jobs

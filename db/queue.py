@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from db.engine import db_now
+from db.engine import as_utc, db_now
 from db.models import Candidate, Lease, Measurement, Worker
 from common.errors import BadInput, LeaseLost, NotFound
 from common.protocol import CandidateResult, CandidateState, ResultsAck
@@ -158,7 +158,10 @@ def _owned_lease(session: Session, *, lease_id: int, worker_id: int) -> None:
 
 
 def heartbeat(session: Session, *, lease_id: int, worker_id: int, ttl_s: float) -> datetime:
-    """Extend a live lease; raises LeaseLost when it expired, was released, or is not the worker's."""
+    """Extend a live lease; returns the new expiry (aware UTC, for the wire).
+
+    Raises LeaseLost when it expired, was released, or is not the worker's.
+    """
     _owned_lease(session, lease_id=lease_id, worker_id=worker_id)
     now = db_now(session)
     expires = now + timedelta(seconds=ttl_s)
@@ -170,7 +173,7 @@ def heartbeat(session: Session, *, lease_id: int, worker_id: int, ttl_s: float) 
     if not won:
         raise LeaseLost(f"lease {lease_id} expired or was released; its candidates went back to the queue")
     session.execute(update(Worker).where(Worker.id == worker_id).values(last_seen_at=now))
-    return expires
+    return as_utc(expires)
 
 
 def _validate(result: CandidateResult) -> tuple[str | None, float | None, str | None]:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, queue, uploads, workers, workloads
-from db.engine import db_now, session_scope
+from db.engine import as_utc, db_now, session_scope
 from db.models import Candidate, Lease, Measurement
 from common.errors import BadInput, LeaseLost, NotFound
 from common.protocol import CandidateResult, ErrorKind, MeasurementOutcome
@@ -171,9 +171,9 @@ def test_heartbeat_extends_and_a_lost_lease_raises(world: World) -> None:
     with session_scope(world.factory) as s:
         before = s.get(Lease, lid).expires_at  # type: ignore[union-attr]
         after = queue.heartbeat(s, lease_id=lid, worker_id=world.workers[0], ttl_s=3600)
-    assert after > before + timedelta(seconds=3000)
+    assert after.tzinfo is not None and after > as_utc(before) + timedelta(seconds=3000)
     with session_scope(world.factory) as s:
-        assert s.get(Lease, lid).expires_at == after  # type: ignore[union-attr]
+        assert as_utc(s.get(Lease, lid).expires_at) == after  # type: ignore[union-attr]
     with session_scope(world.factory) as s, pytest.raises(LeaseLost, match="belongs to worker"):
         queue.heartbeat(s, lease_id=lid, worker_id=world.workers[1], ttl_s=TTL)
     with session_scope(world.factory) as s, pytest.raises(NotFound):
