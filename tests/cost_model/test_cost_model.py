@@ -7,10 +7,8 @@ workers' reports are (``db.queue.complete``), then replayed and featurised.
 from __future__ import annotations
 
 import json
-import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,12 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cost_model import features
-from db.engine import db_now, session_scope
-from db.models import CostModelVersion, Job, Model, Task, Worker, Workload
+from db.engine import session_scope
+from db.models import CostModelVersion
 from db.queue import complete, enqueue_candidates, lease_candidates
-from common.protocol import CandidateResult
+from common.protocol import CandidateResult, JobStatus
 from common.targets import canonical_target
-from common.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
+from common.tvm_json import apply_trace, args_info_json
+from factories import add_job, add_task, add_worker, add_workload
 from tvm_helpers import CPU_TARGET, matmul_workload, real_candidates
 
 
@@ -49,22 +48,10 @@ def store_measurements(factory: sessionmaker[Session], n: int, seed: int) -> str
     mod = matmul_workload(n)
     rows = measured(n, seed)
     with session_scope(factory) as s:
-        now = db_now(s)
-        model = Model(name="m", sha256=uuid.uuid4().hex * 2, format="onnx", content=b"", size_bytes=0,
-                      input_shapes_json="{}", created_at=now)
-        workload = s.scalar(select(Workload).where(Workload.shash == workload_hash(mod))) or Workload(
-            shash=workload_hash(mod), mod_json=workload_to_json(mod), args_info_json=args_info_json(mod),
-            flops=2.0 * n**3, created_at=now)
-        worker = Worker(name="w", target_json=json.dumps(target), target_key=key, registered_at=now, last_seen_at=now)
-        s.add_all([model, workload, worker])
-        s.flush()
-        job = Job(model_id=model.id, target_json=json.dumps(target), target_key=key, trials=len(rows),
-                  trials_per_round=len(rows), status="done", created_at=now)
-        s.add(job)
-        s.flush()
-        task = Task(job_id=job.id, workload_id=workload.id, name=f"matmul{n}", weight=1)
-        s.add(task)
-        s.flush()
+        workload = add_workload(s, mod=mod, flops=2.0 * n**3)
+        worker = add_worker(s, target_key=key, target_json=json.dumps(target))
+        job = add_job(s, target=CPU_TARGET, trials=len(rows), per_round=len(rows), status=JobStatus.done)
+        task = add_task(s, job=job, workload=workload, name=f"matmul{n}")
         ids = enqueue_candidates(s, task_id=task.id, workload_id=workload.id, target_key=key,
                                  traces=[t for t, _ in rows], round=1)
         lease, _ = lease_candidates(s, worker_id=worker.id, target_key=key, max_count=len(rows), ttl_s=60)
