@@ -23,7 +23,7 @@ from db.ranking import ranked_measurements, valid_measurement
 
 @dataclass(frozen=True)
 class MemberBests:
-    """One other member of a family: its module and its fastest distinct traces, best first."""
+    """One other member of a family: its module and its best traces (``db.ranking`` order)."""
 
     workload_id: int
     mod_json: str
