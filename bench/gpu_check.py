@@ -106,7 +106,8 @@ def seed_job(db_url: str, target: dict[str, Any], workloads: list[tuple[str, Any
     """A job with one task per workload and its candidates queued; [(workload name, candidate id)]."""
     from types import SimpleNamespace
 
-    from db import catalog, queue
+    from db import jobs, queue, uploads
+    from db.workloads import upsert_workloads
     from db.engine import make_engine, make_sessionmaker, session_scope
     from common.targets import canonical_target
     from common.tvm_json import args_info_json, workload_hash, workload_to_json
@@ -115,17 +116,17 @@ def seed_job(db_url: str, target: dict[str, Any], workloads: list[tuple[str, Any
     engine = make_engine(db_url)
     out: list[tuple[str, int]] = []
     with session_scope(make_sessionmaker(engine)) as s:
-        model, _ = catalog.store_model(s, name="gpu-check", content=secrets.token_bytes(16), input_shapes={})
+        model, _ = uploads.store_model(s, name="gpu-check", content=secrets.token_bytes(16), input_shapes={})
         wls = {
             name: SimpleNamespace(shash=workload_hash(mod), mod_json=workload_to_json(mod), args_info_json=args_info_json(mod), flops=None)
             for name, mod, _ in workloads
         }
-        ids = catalog.upsert_workloads(s, extracted=list(wls.values()))
-        job = catalog.create_job(
+        ids = upsert_workloads(s, extracted=list(wls.values()))
+        job = jobs.create_job(
             s, model_id=model.id, target_json=canonical, target_key=key, trials=64, trials_per_round=16,
             tasks=[(name, 1, ids[wls[name].shash]) for name, _, _ in workloads],
         )
-        tasks = {t.name: t.id for t in catalog.job_public(s, job_id=job).tasks}
+        tasks = {t.name: t.id for t in jobs.job_public(s, job_id=job).tasks}
         for name, _, traces in workloads:
             wid = ids[wls[name].shash]
             for cid in queue.enqueue_candidates(s, task_id=tasks[name], workload_id=wid, target_key=key, traces=traces, round=0):

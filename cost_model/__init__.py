@@ -7,5 +7,5 @@
   versioned boosters in the ``cost_models`` table (XGBoost's UBJSON bytes, never pickle).
 - ``cost_model.evaluate``: ranking accuracy on held-out measurements beside MetaSchedule's ``XGBModel``.
 
-Imports ``tunehub`` and ``db`` only; TVM and XGBoost are imported where used.
+Imports ``common`` and ``db`` only (its SQL is in ``db.cost_models`` / ``db.training_data``); TVM and XGBoost are imported where used.
 """

@@ -1,4 +1,4 @@
-"""How well a cost model ranks held-out measurements: ``python -m cost_model.evaluate``.
+"""How well a cost model ranks held-out measurements: ``evaluate`` (``tunehub cost-model eval``).
 
 Every measurement of a target key is replayed; per workload a random
 ``holdout`` fraction is held out (at least 2 valid ones), and two models are
@@ -17,24 +17,39 @@ model's top k).
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.errors import BadInput, NotFound
+from db import training_data
+from db.engine import session_scope
+
 
 @dataclass(frozen=True)
-class Scores:
+class ModelScores:
+    """One model's ranking quality, averaged over the workloads held out."""
+
     model: str
     pairwise_accuracy: float
     top_k_recall: float
     workloads: int
     test_samples: int
     train_samples: int
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Both models' scores on one target key, with the k of top-k recall."""
+
+    target_key: str
+    k: int
+    models: list[ModelScores]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def pairwise_accuracy(pred: np.ndarray, secs: np.ndarray) -> float | None:
@@ -58,15 +73,26 @@ def top_k_recall(pred: np.ndarray, secs: np.ndarray, k: int) -> float | None:
 
 
 def evaluate(
-    factory: sessionmaker[Session], *, target_key: str, target: dict[str, Any] | str,
+    factory: sessionmaker[Session], *, target_key: str | None = None, target: dict[str, Any] | str | None = None,
     holdout: float = 0.3, k: int = 5, seed: int = 0, nthread: int = 2,
-) -> list[Scores]:
+) -> Scores:
+    """Train both models on the key's measurements less a held-out share, and score their ranking of it.
+
+    ``target_key`` defaults to the key with the most measurements, ``target`` to a
+    worker's target JSON of that key. NotFound on an empty database, BadInput when
+    no workload has enough valid measurements to hold any out.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     from cost_model import features
     from cost_model.model import train_booster
     from cost_model.store import FULL_ROUNDS, featurise, load_records
 
+    with session_scope(factory) as session:
+        target_key = target_key or training_data.busiest_target_key(session)
+        if target_key is None:
+            raise NotFound("no measurements in the database")
+        target = target or training_data.target_of_key(session, target_key=target_key)
     rng = np.random.default_rng(seed)
     records = load_records(factory, target_key=target_key, target=target)
     splits = []
@@ -78,7 +104,7 @@ def evaluate(
         test = set(rng.choice(valid, size=n_test, replace=False).tolist())
         splits.append((r, [i for i in range(len(r.candidates)) if i not in test], sorted(test)))
     if not splits:
-        raise SystemExit(f"not enough measurements of {target_key!r} to hold any out")
+        raise BadInput(f"not enough measurements of {target_key!r} to hold any out")
 
     # tunehub: pooled features, one booster from scratch on every workload's training part.
     samples = featurise([r for r, _, _ in splits])
@@ -119,54 +145,17 @@ def evaluate(
                 accs.append(acc)
             if rec is not None:
                 recalls.append(rec)
-        out.append(Scores(name, float(np.mean(accs)) if accs else float("nan"),
+        out.append(ModelScores(name, float(np.mean(accs)) if accs else float("nan"),
                           float(np.mean(recalls)) if recalls else float("nan"), len(splits), n_test, n_train))
-    return out
+    return Scores(target_key=target_key, k=k, models=out)
 
 
-def markdown(scores: list[Scores], k: int) -> str:
-    lines = [f"| model | pairwise accuracy | top-{k} recall | workloads | train | held out |",
+def markdown(scores: Scores) -> str:
+    """The scores as a markdown table, one row per model."""
+    lines = [f"| model | pairwise accuracy | top-{scores.k} recall | workloads | train | held out |",
              "|---|---|---|---|---|---|"]
-    for s in scores:
+    for s in scores.models:
         lines.append(f"| {s.model} | {s.pairwise_accuracy:.3f} | {s.top_k_recall:.3f} | {s.workloads} | "
                      f"{s.train_samples} | {s.test_samples} |")
     return "\n".join(lines)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cost_model.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", help="default: TUNEHUB_DATABASE_URL or the data dir's SQLite")
-    parser.add_argument("--target-key", help="default: the key with the most measurements")
-    parser.add_argument("--holdout", type=float, default=0.3)
-    parser.add_argument("-k", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
-    args = parser.parse_args(argv)
-
-    from sqlalchemy import func, select
-
-    from db.engine import make_engine, make_sessionmaker, session_scope
-    from db.models import Measurement, Worker
-    from common.settings import Settings
-
-    url = args.database_url or Settings().resolved_database_url()
-    factory = make_sessionmaker(make_engine(url))
-    with session_scope(factory) as session:
-        key = args.target_key or session.scalar(
-            select(Measurement.target_key).group_by(Measurement.target_key).order_by(func.count().desc()).limit(1))
-        if key is None:
-            print("no measurements in the database", file=sys.stderr)
-            return 1
-        # The key is the canonical target JSON (common.targets.canonical_target).
-        target = session.scalar(select(Worker.target_json).where(Worker.target_key == key).limit(1)) or key
-    scores = evaluate(factory, target_key=key, target=target, holdout=args.holdout, k=args.k, seed=args.seed)
-    if args.json:
-        print(json.dumps([s.__dict__ for s in scores], indent=2))
-    else:
-        print(f"target key {key}\n")
-        print(markdown(scores, args.k))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,8 @@ watermark (``max_measurement_id``) and, when they are enough (``min_new`` and
 Labels use each workload's best over the whole database at training time
 (``cost_model.features.labels``). Flagged measurements (timed while the worker
 was degraded or its CPUs were shared) are left out of training and labels. Boosters are stored as XGBoost's UBJSON
-bytes, never pickled. Versions only grow; ``latest`` is the current model.
+bytes, never pickled. Versions only grow; ``db.cost_models.latest`` is the current model.
+The SQL lives in ``db.cost_models`` and ``db.training_data``.
 """
 
 from __future__ import annotations
@@ -24,34 +25,21 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cost_model import features
-from db.engine import db_now, session_scope
-from db.models import Candidate, CostModelVersion, Measurement, Workload
+from db import training_data
+from db.cost_models import StoredModel, count_new, latest, save
+from db.engine import session_scope
 
 log = logging.getLogger(__name__)
 
 FULL_ROUNDS = 200
 INCREMENTAL_ROUNDS = 40
-
-
-@dataclass(frozen=True)
-class StoredModel:
-    target_key: str
-    version: int
-    n_samples: int
-    full_samples: int
-    max_measurement_id: int
-    meta: dict[str, Any]
-    blob: bytes
-    created_at: datetime
 
 
 @dataclass
@@ -70,40 +58,6 @@ class Samples:
     def subset(self, idx: np.ndarray) -> Samples:
         return Samples(self.x[idx], self.y[idx], self.workload_ids[idx], [self.mean_secs[i] for i in idx],
                        self.measurement_ids[idx])
-
-
-def latest(session: Session, *, target_key: str) -> StoredModel | None:
-    row = session.scalars(
-        select(CostModelVersion).where(CostModelVersion.target_key == target_key)
-        .order_by(CostModelVersion.version.desc()).limit(1)
-    ).first()
-    if row is None:
-        return None
-    return StoredModel(row.target_key, row.version, row.n_samples, row.full_samples, row.max_measurement_id,
-                       json.loads(row.meta_json or "{}"), bytes(row.blob), row.created_at)
-
-
-def save(session: Session, *, target_key: str, blob: bytes, n_samples: int, full_samples: int,
-         max_measurement_id: int, meta: dict[str, Any]) -> int:
-    """Store a new version (previous + 1); returns it. Two concurrent savers: one gets an IntegrityError."""
-    current = session.scalar(
-        select(func.max(CostModelVersion.version)).where(CostModelVersion.target_key == target_key))
-    version = int(current or 0) + 1
-    session.add(CostModelVersion(
-        target_key=target_key, version=version, n_samples=n_samples, full_samples=full_samples,
-        max_measurement_id=max_measurement_id, meta_json=json.dumps(meta, sort_keys=True), blob=blob,
-        created_at=db_now(session)))
-    session.flush()
-    return version
-
-
-def count_new(session: Session, *, target_key: str, after_id: int) -> tuple[int, int]:
-    """(how many measurements of the key are newer than ``after_id``, the newest id)."""
-    n, newest = session.execute(
-        select(func.count(), func.max(Measurement.id))
-        .where(Measurement.target_key == target_key, Measurement.id > after_id)
-    ).one()
-    return int(n or 0), int(newest or after_id)
 
 
 @dataclass
@@ -133,27 +87,14 @@ def load_records(
     from common.tvm_json import apply_trace, workload_from_json
 
     with session_scope(factory) as session:
-        query = (
-            select(Measurement.id, Measurement.workload_id, Measurement.mean_secs, Candidate.trace_json)
-            .join(Candidate, Candidate.id == Measurement.candidate_id)
-            .where(Measurement.target_key == target_key, Measurement.id > after_id,
-                   Measurement.flagged.is_(False))  # disturbed timings would teach it noise
-            .order_by(Measurement.id.desc()).limit(limit)
-        )
-        if upto_id is not None:
-            query = query.where(Measurement.id <= upto_id)
-        rows = session.execute(query).all()[::-1]
-        wids = sorted({r[1] for r in rows})
-        best = dict(session.execute(
-            select(Measurement.workload_id, func.min(Measurement.mean_secs))
-            .where(Measurement.target_key == target_key, Measurement.workload_id.in_(wids),
-                   Measurement.flagged.is_(False))
-            .group_by(Measurement.workload_id)).all()) if wids else {}
-        mods = dict(session.execute(select(Workload.id, Workload.mod_json).where(Workload.id.in_(wids))).all()) \
-            if wids else {}
+        rows = training_data.training_rows(
+            session, target_key=target_key, after_id=after_id, upto_id=upto_id, limit=limit)
+        wids = sorted({r.workload_id for r in rows})
+        best = training_data.workload_bests(session, target_key=target_key, workload_ids=wids)
+        mods = training_data.workload_modules(session, workload_ids=wids)
     by_wl: dict[int, list[tuple[int, float | None, str]]] = defaultdict(list)
-    for mid, wid, mean, trace in rows:
-        by_wl[wid].append((mid, mean, trace))
+    for r in rows:
+        by_wl[r.workload_id].append((r.measurement_id, r.mean_secs, r.trace_json))
     tgt = tvm.target.Target(target_dict)
     out = []
     for wid, items in by_wl.items():

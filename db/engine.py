@@ -167,3 +167,10 @@ def db_now(session: Session) -> datetime:
     if dialect == "postgresql":
         return session.execute(_PG_NOW).scalar_one()
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored timestamp (naive UTC on both backends) as a timezone-aware UTC datetime for the wire."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)

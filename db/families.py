@@ -18,11 +18,12 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Candidate, Measurement, Workload
+from db.ranking import ranked_measurements, valid_measurement
 
 
 @dataclass(frozen=True)
 class MemberBests:
-    """One other member of a family: its module and its fastest distinct traces, best first."""
+    """One other member of a family: its module and its best traces (``db.ranking`` order)."""
 
     workload_id: int
     mod_json: str
@@ -34,7 +35,7 @@ def _measured_on(target_key: str, *, valid: bool = False):  # type: ignore[no-un
     """EXISTS a measurement of the outer workload on the key (by the (workload_id, target_key) index)."""
     cond = [Measurement.workload_id == Workload.id, Measurement.target_key == target_key]
     if valid:
-        cond.append(Measurement.mean_secs.is_not(None))
+        cond += [Candidate.id == Measurement.candidate_id, valid_measurement()]
     return exists().where(*cond)
 
 
@@ -69,8 +70,7 @@ def family_bests(
 ) -> list[MemberBests]:
     """The other members of ``family`` measured validly on the key, nearest in FLOPs first.
 
-    Each with its ``per_workload`` fastest traces (unflagged measurements rank
-    before flagged ones, as in best configs).
+    Each with its ``per_workload`` best traces by the one ranking policy (``db.ranking``).
     """
     members = session.execute(
         select(Workload.id, Workload.flops).where(
@@ -88,21 +88,12 @@ def family_bests(
     chosen = sorted(members, key=lambda m: (distance(m.flops), -m.id))[:max_workloads]
     mods = dict(session.execute(
         select(Workload.id, Workload.mod_json).where(Workload.id.in_([m.id for m in chosen]))).all()) if chosen else {}
-    out = []
-    for wid, wl_flops in chosen:
-        rows = session.execute(
-            select(Candidate.trace_json)
-            .join(Measurement, Measurement.candidate_id == Candidate.id)
-            .where(
-                Measurement.workload_id == wid,
-                Measurement.target_key == target_key,
-                Measurement.mean_secs.is_not(None),
-            )
-            .order_by(Measurement.flagged, Measurement.mean_secs, Measurement.id)
-            .limit(per_workload)
-        ).scalars().all()
-        out.append(MemberBests(wid, mods[wid], wl_flops, list(rows)))
-    return out
+    ranked = ranked_measurements(
+        session, target_key=target_key, workload_ids=[m.id for m in chosen], per_workload=per_workload
+    )
+    return [
+        MemberBests(wid, mods[wid], wl_flops, [m.trace_json for m in ranked.get(wid, [])]) for wid, wl_flops in chosen
+    ]
 
 
 def member_measurements(
@@ -118,7 +109,7 @@ def member_measurements(
         .where(
             Measurement.workload_id == workload_id,
             Measurement.target_key == target_key,
-            Measurement.mean_secs.is_not(None),
+            valid_measurement(),
             Measurement.flagged.is_(False),
         )
         .order_by(Measurement.id.desc())

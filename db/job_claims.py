@@ -23,14 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.engine import db_now
 from db.models import Candidate, Job, Measurement, Task, Workload
+from db.ranking import ranked_measurements
 from common.errors import BadInput, NotFound
-from common.protocol import JobStatus
+from common.protocol import CandidateState, ErrorKind, JobStatus, MeasurementOutcome
 
+# The stored values, for SQL; records carry JobStatus (a str enum, equal to these).
 QUEUED = JobStatus.queued.value
 RUNNING = JobStatus.running.value
 FINISHED = (JobStatus.done.value, JobStatus.failed.value)
@@ -104,7 +106,7 @@ def job_heartbeat(session: Session, *, job_id: int, owner: str) -> bool:
 
 
 def finish_job(
-    session: Session, *, job_id: int, owner: str, status: str, error: str | None = None
+    session: Session, *, job_id: int, owner: str, status: JobStatus, error: str | None = None
 ) -> bool:
     """Mark a running job ``done`` or ``failed``; False when ``owner`` no longer holds it.
 
@@ -112,11 +114,11 @@ def finish_job(
     compare-and-set on (job, owner, running).
     """
     if status not in FINISHED:
-        raise BadInput(f"a tuner finishes a job as one of {FINISHED}, not {status!r}")
+        raise BadInput(f"a tuner finishes a job as done or failed, not {status!r}")
     won = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.tuner_owner == owner, Job.status == RUNNING)
-        .values(status=status, error=error[:8000] if error else None, finished_at=db_now(session))
+        .values(status=JobStatus(status).value, error=error[:8000] if error else None, finished_at=db_now(session))
         .execution_options(synchronize_session=False)
     ).rowcount
     return won == 1
@@ -137,9 +139,10 @@ def release_job(session: Session, *, job_id: int, owner: str) -> bool:
     return won == 1
 
 
-def job_status(session: Session, *, job_id: int) -> str | None:
+def job_status(session: Session, *, job_id: int) -> JobStatus | None:
     """The job's status, or None when no such job exists."""
-    return session.scalar(select(Job.status).where(Job.id == job_id))
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return None if status is None else JobStatus(status)
 
 
 # --- what the tuner reads -------------------------------------------------
@@ -164,7 +167,7 @@ class JobSpec:
     """What a tuner needs to run a job."""
 
     id: int
-    status: str
+    status: JobStatus
     target_json: str
     target_key: str
     trials: int
@@ -176,20 +179,28 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class CandidateOutcome:
-    """A candidate of a job and, once measured, its result.
-
-    ``measured`` is True when a measurement exists; then exactly one of
-    ``run_secs`` / ``error`` is set.
-    """
+    """A candidate of a job and, once measured, its result (``outcome``; None while unmeasured)."""
 
     candidate_id: int
     task_id: int
     trace_json: str
     round: int
-    state: str
-    measured: bool
-    run_secs: tuple[float, ...] | None
-    error: str | None
+    state: CandidateState
+    outcome: MeasurementOutcome | None
+
+    @property
+    def measured(self) -> bool:
+        return self.outcome is not None
+
+
+def _stored_outcome(
+    run_secs_json: str | None, error: str | None, error_kind: str | None, flagged: bool
+) -> MeasurementOutcome:
+    """A measurement row as the shared outcome record (a row with neither field reads as a run error)."""
+    if run_secs_json:
+        return MeasurementOutcome(run_secs=[float(s) for s in json.loads(run_secs_json)], flagged=bool(flagged))
+    kind = ErrorKind(error_kind) if error_kind else None
+    return MeasurementOutcome(error=error or "measured without run_secs or error", error_kind=kind)
 
 
 def load_job(session: Session, *, job_id: int) -> JobSpec:
@@ -207,7 +218,7 @@ def load_job(session: Session, *, job_id: int) -> JobSpec:
     tasks = tuple(TaskSpec(*row) for row in rows)
     return JobSpec(
         id=job.id,
-        status=job.status,
+        status=JobStatus(job.status),
         target_json=job.target_json,
         target_key=job.target_key,
         trials=job.trials,
@@ -235,6 +246,8 @@ def job_candidates(
             Measurement.id,
             Measurement.run_secs_json,
             Measurement.error,
+            Measurement.error_kind,
+            Measurement.flagged,
         )
         .join(Task, Task.id == Candidate.task_id)
         .outerjoin(Measurement, Measurement.candidate_id == Candidate.id)
@@ -246,82 +259,46 @@ def job_candidates(
             return []
         query = query.where(Candidate.id.in_(list(candidate_ids)))
     out = []
-    for cid, task_id, trace_json, rnd, state, mid, run_secs_json, error in session.execute(query):
-        run_secs = tuple(float(s) for s in json.loads(run_secs_json)) if run_secs_json else None
-        out.append(
-            CandidateOutcome(
-                candidate_id=cid,
-                task_id=task_id,
-                trace_json=trace_json,
-                round=rnd,
-                state=state,
-                measured=mid is not None,
-                run_secs=run_secs,
-                error=(error or "measured without run_secs or error") if mid is not None and run_secs is None else None,
-            )
-        )
+    for cid, task_id, trace_json, rnd, state, mid, run_secs_json, error, error_kind, flagged in session.execute(query):
+        outcome = None if mid is None else _stored_outcome(run_secs_json, error, error_kind, flagged)
+        out.append(CandidateOutcome(cid, task_id, trace_json, rnd, CandidateState(state), outcome))
     return out
 
 
 def fleet_best(
     session: Session, *, workload_id: int, target_key: str, exclude_task_id: int, limit: int
 ) -> list[CandidateOutcome]:
-    """The fastest valid measurements of a workload on a target key made by other tasks (other jobs).
+    """The best measurements (``db.ranking`` policy) of a workload on a target key made by other tasks.
 
     A new or resumed search warms its cost model with them and does not measure them again.
     """
-    if limit <= 0:
-        return []
-    rows = session.execute(
-        select(Candidate.id, Candidate.task_id, Candidate.trace_json, Candidate.round, Candidate.state, Measurement.run_secs_json)
-        .join(Measurement, Measurement.candidate_id == Candidate.id)
-        .where(
-            Measurement.workload_id == workload_id,
-            Measurement.target_key == target_key,
-            Measurement.mean_secs.is_not(None),
-            Candidate.task_id != exclude_task_id,
-        )
-        .order_by(Measurement.mean_secs, Measurement.id)
-        .limit(limit)
-    ).all()
+    ranked = ranked_measurements(
+        session, target_key=target_key, workload_ids=[workload_id], per_workload=limit,
+        exclude_task_id=exclude_task_id,
+    ).get(workload_id, [])
     return [
         CandidateOutcome(
-            candidate_id=cid,
-            task_id=task_id,
-            trace_json=trace_json,
-            round=rnd,
-            state=state,
-            measured=True,
-            run_secs=tuple(float(s) for s in json.loads(secs)),
-            error=None,
+            candidate_id=m.candidate_id,
+            task_id=m.task_id,
+            trace_json=m.trace_json,
+            round=m.round,
+            state=CandidateState(m.state),
+            outcome=MeasurementOutcome(run_secs=list(m.run_secs), flagged=m.flagged),
         )
-        for cid, task_id, trace_json, rnd, state, secs in rows
+        for m in ranked
     ]
 
 
 def tuned_workloads(
     session: Session, *, workload_ids: Sequence[int], target_key: str, exclude_job_id: int
 ) -> dict[int, float]:
-    """Workloads already tuned for a target key: {workload id: best mean seconds}.
+    """Workloads already tuned for a target key: {workload id: its best's mean seconds}.
 
     Tuned means a finished (``done``) job other than ``exclude_job_id`` measured a valid
     schedule for it on that key; a job that is still running does not count, so two
-    concurrent jobs on one workload both tune it.
+    concurrent jobs on one workload both tune it. The best is by the ``db.ranking`` policy.
     """
-    if not workload_ids:
-        return {}
-    rows = session.execute(
-        select(Measurement.workload_id, func.min(Measurement.mean_secs))
-        .join(Candidate, Candidate.id == Measurement.candidate_id)
-        .join(Task, Task.id == Candidate.task_id)
-        .join(Job, Job.id == Task.job_id)
-        .where(
-            Measurement.workload_id.in_(list(workload_ids)),
-            Measurement.target_key == target_key,
-            Measurement.mean_secs.is_not(None),
-            Job.status == JobStatus.done.value,
-            Job.id != exclude_job_id,
-        )
-        .group_by(Measurement.workload_id)
-    ).all()
-    return {int(wid): float(best) for wid, best in rows}
+    ranked = ranked_measurements(
+        session, target_key=target_key, workload_ids=workload_ids, done_jobs_except=exclude_job_id
+    )
+    return {wid: best[0].mean_secs for wid, best in ranked.items()}

@@ -160,6 +160,7 @@ class Measurement(Base):
     run_secs_json: Mapped[str | None] = mapped_column(Text)
     mean_secs: Mapped[float | None] = mapped_column(Float)  # None when error
     error: Mapped[str | None] = mapped_column(Text)
+    error_kind: Mapped[str | None] = mapped_column(String(16))  # common.protocol.ErrorKind, with error
     # Measured while the worker was degraded (calibration) or disturbed (CPU interference).
     flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]

@@ -49,6 +49,7 @@ from tvm.target import Target
 
 from db.engine import db_now, session_scope
 from db.models import Candidate, Measurement, Workload
+from db.ranking import ranked_measurements
 from common.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,9 @@ class _Known:
 class SqlDatabase(PyDatabase):
     """MetaSchedule records = tunehub measurements ⋈ candidates for one target key.
 
-    ``get_top_k`` returns the fastest valid measurements (by mean seconds) of a
-    workload; errors never appear there but are listed by
+    ``get_top_k`` returns a workload's best measurements by the one ranking
+    policy (``db.ranking``: valid only, unflagged first, then mean seconds);
+    errors never appear there but are listed by
     ``get_all_tuning_records`` with ``run_secs=None``.
     """
 
@@ -172,11 +174,10 @@ class SqlDatabase(PyDatabase):
                 self._traces.popitem(last=False)
         return trace
 
-    def _record(self, known: _Known, candidate_id: int, trace_json: str, run_secs_json: str | None) -> Any | None:
+    def _record(self, known: _Known, candidate_id: int, trace_json: str, run_secs: list[float] | None) -> Any | None:
         trace = self._trace(candidate_id, known, trace_json)
         if trace is None:
             return None
-        run_secs = [float(s) for s in json.loads(run_secs_json)] if run_secs_json else None
         return ms.database.TuningRecord(trace, known.ms_workload, run_secs, self._target, known.args_info)
 
     def get_top_k(self, workload: Any, top_k: int) -> list[Any]:
@@ -186,18 +187,10 @@ class SqlDatabase(PyDatabase):
         if known is None:
             return []
         with session_scope(self._factory) as session:
-            rows = session.execute(
-                select(Measurement.candidate_id, Candidate.trace_json, Measurement.run_secs_json)
-                .join(Candidate, Candidate.id == Measurement.candidate_id)
-                .where(
-                    Measurement.workload_id == known.id,
-                    Measurement.target_key == self._target_key,
-                    Measurement.mean_secs.is_not(None),
-                )
-                .order_by(Measurement.mean_secs, Measurement.id)
-                .limit(top_k)
-            ).all()
-        records = [self._record(known, cid, trace_json, secs) for cid, trace_json, secs in rows]
+            ranked = ranked_measurements(
+                session, target_key=self._target_key, workload_ids=[known.id], per_workload=top_k
+            ).get(known.id, [])
+        records = [self._record(known, m.candidate_id, m.trace_json, list(m.run_secs)) for m in ranked]
         return [r for r in records if r is not None]
 
     def get_all_tuning_records(self) -> list[Any]:
@@ -209,7 +202,10 @@ class SqlDatabase(PyDatabase):
                 .where(Measurement.target_key == self._target_key)
                 .order_by(Measurement.id)
             ).all()
-        records = [self._record(self._by_row(wid), cid, trace_json, secs) for wid, cid, trace_json, secs in rows]
+        records = [
+            self._record(self._by_row(wid), cid, trace_json, [float(s) for s in json.loads(secs)] if secs else None)
+            for wid, cid, trace_json, secs in rows
+        ]
         return [r for r in records if r is not None]
 
     def __len__(self) -> int:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from db.engine import db_now
+from db.engine import as_utc, db_now
 from db.models import Candidate, Lease, Measurement, Worker
 from common.errors import BadInput, LeaseLost, NotFound
 from common.protocol import CandidateResult, CandidateState, ResultsAck
@@ -30,6 +30,7 @@ from common.protocol import CandidateResult, CandidateState, ResultsAck
 # How stale a worker's last_seen_at may get before a lease stamps it again.
 WORKER_SEEN_RESOLUTION_S = 5.0
 
+# The stored values, for SQL; records carry CandidateState (a str enum, equal to these).
 PENDING = CandidateState.pending.value
 LEASED = CandidateState.leased.value
 DONE = CandidateState.done.value
@@ -134,6 +135,8 @@ def lease_candidates(
     now = db_now(session)
     requeue_expired(session, now=now)
     ids = list(session.scalars(_PICK, {"key": target_key, "n": max_count}))
+    if seen_at is not None and seen_at.tzinfo is not None:  # a wire-side (aware) reading
+        seen_at = seen_at.astimezone(timezone.utc).replace(tzinfo=None)
     if seen_at is None or now - seen_at >= timedelta(seconds=WORKER_SEEN_RESOLUTION_S):
         session.execute(_TOUCH_WORKER, {"wid": worker_id, "seen": now})
     if not ids:
@@ -155,7 +158,10 @@ def _owned_lease(session: Session, *, lease_id: int, worker_id: int) -> None:
 
 
 def heartbeat(session: Session, *, lease_id: int, worker_id: int, ttl_s: float) -> datetime:
-    """Extend a live lease; raises LeaseLost when it expired, was released, or is not the worker's."""
+    """Extend a live lease; returns the new expiry (aware UTC, for the wire).
+
+    Raises LeaseLost when it expired, was released, or is not the worker's.
+    """
     _owned_lease(session, lease_id=lease_id, worker_id=worker_id)
     now = db_now(session)
     expires = now + timedelta(seconds=ttl_s)
@@ -167,11 +173,11 @@ def heartbeat(session: Session, *, lease_id: int, worker_id: int, ttl_s: float) 
     if not won:
         raise LeaseLost(f"lease {lease_id} expired or was released; its candidates went back to the queue")
     session.execute(update(Worker).where(Worker.id == worker_id).values(last_seen_at=now))
-    return expires
+    return as_utc(expires)
 
 
 def _validate(result: CandidateResult) -> tuple[str | None, float | None, str | None]:
-    """(run_secs_json, mean_secs, error) for one result; BadInput when it says neither or both."""
+    """(run_secs_json, mean_secs, error) for one result; BadInput when it says neither."""
     if result.error is not None:
         return None, None, result.error[:4000]
     secs = result.run_secs
@@ -201,6 +207,7 @@ def complete(
     _owned_lease(session, lease_id=lease_id, worker_id=worker_id)
     validated = [(r.candidate_id, *_validate(r)) for r in results]
     flagged = {r.candidate_id for r in results if r.error is None and (r.flagged or flag_all)}
+    kinds = {r.candidate_id: r.error_kind.value for r in results if r.error is not None and r.error_kind is not None}
     now = db_now(session)
     accepted: list[int] = []
     ignored: list[int] = []
@@ -220,6 +227,7 @@ def complete(
                 run_secs_json=run_secs_json,
                 mean_secs=mean_secs,
                 error=error,
+                error_kind=kinds.get(cid),
                 flagged=cid in flagged,
                 created_at=now,
             )

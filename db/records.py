@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from common.protocol import Calibration, Role
 
 
 @dataclass(frozen=True)
@@ -17,3 +21,35 @@ class BestRecord:
     run_secs: list[float]
     mean_secs: float
     candidate_id: int
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A stored token as the service needs it (never its hash)."""
+
+    id: int
+    name: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """An uploaded model's bytes and the input shapes it was stored with (what job intake reads)."""
+
+    id: int
+    content: bytes
+    input_shapes: dict[str, list[int]]
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A registered worker: who may drive it (``token_id``) and what a lease needs of it."""
+
+    id: int
+    name: str
+    token_id: int | None
+    hardware: dict[str, Any]
+    target: dict[str, Any]
+    target_key: str
+    last_seen_at: datetime
+    calibration: Calibration | None

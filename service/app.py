@@ -25,7 +25,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 
 import common
-from db import catalog
+from db.tokens import ensure_token
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.migrate import upgrade
 from service.errors import install_error_handlers
@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(url, **settings.pool_options())
     factory = make_sessionmaker(engine)
     with session_scope(factory) as session:
-        catalog.ensure_token(session, raw=_admin_token(settings), name="admin", role=Role.admin)
+        ensure_token(session, raw=_admin_token(settings), name="admin", role=Role.admin)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -16,9 +16,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import catalog
+from db import tokens, workers
 from db.engine import session_scope
-from db.models import Worker
+from db.records import WorkerRecord
 from common.errors import Forbidden, Unauthorized
 from common.protocol import Role
 from common.settings import Settings
@@ -55,7 +55,7 @@ def current_token(
 ) -> AuthToken:
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing token: send the header 'Authorization: Bearer <token>'")
-    found = catalog.verify_token(session, raw=credentials.credentials)
+    found = tokens.verify_token(session, raw=credentials.credentials)
     if found is None:
         raise Unauthorized("unknown or revoked token")
     return AuthToken(*found)
@@ -80,9 +80,9 @@ UserToken = Annotated[AuthToken, Depends(require_roles(Role.admin, Role.user))]
 WorkerToken = Annotated[AuthToken, Depends(require_roles(Role.admin, Role.worker))]
 
 
-def owned_worker(session: Session, token: AuthToken, worker_id: int) -> Worker:
+def owned_worker(session: Session, token: AuthToken, worker_id: int) -> WorkerRecord:
     """The worker, if the caller registered it (or is admin): one token cannot drive another's worker."""
-    worker = catalog.get_worker(session, worker_id=worker_id)
+    worker = workers.get_worker(session, worker_id=worker_id)
     if token.role is not Role.admin and worker.token_id != token.id:
         raise Forbidden(f"worker {worker_id} was registered with another token")
     return worker

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.protocol import CandidateState, JobStatus
+from common.protocol import CandidateState, ErrorKind, JobStatus
 from db.engine import db_now
 from db.models import Candidate, Job, Measurement, Model, Task, Worker, Workload
 
@@ -52,11 +52,17 @@ def add_workload(session: Session, *, mod: Any = None, shash: str | None = None,
 
 def add_job(session: Session, *, model: Model | None = None, target: dict[str, Any] | None = None,
             trials: int = 8, per_round: int = 4, retune: bool = False,
-            status: JobStatus = JobStatus.queued) -> Job:
-    """A job on ``target`` (canonicalised; default a 2-core llvm CPU) for ``model`` (a new one by default)."""
-    from common.targets import canonical_target
+            status: JobStatus = JobStatus.queued, key: str | None = None) -> Job:
+    """A job on ``target`` (canonicalised; default a 2-core llvm CPU) for ``model`` (a new one by default).
 
-    canonical, key = canonical_target(target or {"kind": "llvm", "num-cores": 2})
+    ``key`` stores that target key as given instead (no TVM import; ``target`` then defaults to ``{}``).
+    """
+    if key is None:
+        from common.targets import canonical_target
+
+        canonical, key = canonical_target(target or {"kind": "llvm", "num-cores": 2})
+    else:
+        canonical = target or {}
     model = model or add_model(session)
     return _flushed(session, Job(
         model_id=model.id, target_json=json.dumps(canonical), target_key=key, trials=trials,
@@ -74,13 +80,16 @@ def add_worker(session: Session, *, target_key: str, name: str = "w", target_jso
 
 
 def add_measurement(session: Session, *, task: Task, worker: Worker, trace_json: str,
-                    run_secs: list[float] | None = None, error: str | None = None, flagged: bool = False) -> Measurement:
+                    run_secs: list[float] | None = None, error: str | None = None, flagged: bool = False,
+                    error_kind: ErrorKind | None = None, round: int = 0) -> Measurement:
     """A done candidate of ``task`` and its measurement (``run_secs`` or ``error``) by ``worker``."""
     job = session.get(Job, task.job_id)
     now = db_now(session)
     cand = _flushed(session, Candidate(task_id=task.id, workload_id=task.workload_id, target_key=job.target_key,
-                                       trace_json=trace_json, state=CandidateState.done.value, created_at=now))
+                                       trace_json=trace_json, round=round, state=CandidateState.done.value,
+                                       attempts=1, created_at=now))
     return _flushed(session, Measurement(
         candidate_id=cand.id, worker_id=worker.id, workload_id=task.workload_id, target_key=job.target_key,
         run_secs_json=json.dumps(run_secs) if run_secs else None,
-        mean_secs=sum(run_secs) / len(run_secs) if run_secs else None, error=error, flagged=flagged, created_at=now))
+        mean_secs=sum(run_secs) / len(run_secs) if run_secs else None, error=error,
+        error_kind=error_kind.value if error_kind else None, flagged=flagged, created_at=now))

@@ -381,13 +381,21 @@ def cost_model_eval(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
     """Pairwise ranking accuracy and top-k recall on held-out measurements, beside MetaSchedule's XGBModel."""
-    from cost_model.evaluate import main as evaluate_main
+    from common.errors import TunehubError
+    from cost_model.evaluate import evaluate, markdown
+    from db.engine import make_engine, make_sessionmaker
 
-    argv = ["--holdout", str(holdout), "-k", str(k)]
-    argv += ["--target-key", target_key] if target_key else []
-    argv += ["--database-url", database_url] if database_url else []
-    argv += ["--json"] if as_json else []
-    raise typer.Exit(evaluate_main(argv))
+    engine = make_engine(database_url or get_settings().resolved_database_url(), null_pool=True)
+    try:
+        scores = evaluate(make_sessionmaker(engine), target_key=target_key, holdout=holdout, k=k)
+    except TunehubError as exc:
+        _fail(exc)
+    finally:
+        engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(scores.as_dict(), indent=2))
+    else:
+        typer.echo(f"target key {scores.target_key}\n\n{markdown(scores)}")
 
 
 def main() -> None:  # pragma: no cover - console-script entry

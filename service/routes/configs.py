@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from db import catalog
+from db import jobs, ranking
 from service.deps import CurrentToken, SessionDep, pause_transaction
 from common.errors import BadInput, NotFound
 from common.targets import canonical_target
@@ -32,17 +32,17 @@ def download_configs(
     from tuner.configs import build_config_zip  # TVM: imported on first use
 
     if job is not None:
-        target_json, target_key, ids = catalog.job_workloads(session, job_id=job)
+        target_json, target_key, ids = jobs.job_workloads(session, job_id=job)
         what, filename = f"job {job}", f"tunehub-configs-job{job}.zip"
     elif model is not None and target:
         target_json, target_key = canonical_target(target)
-        ids = catalog.model_workloads(session, model_id=model, target_key=target_key)
+        ids = jobs.model_workloads(session, model_id=model, target_key=target_key)
         if not ids:
             raise NotFound(f"model {model} has no jobs on target {target_key}; POST /api/v1/jobs first")
         what, filename = f"model {model} on {target_key}", f"tunehub-configs-model{model}.zip"
     else:
         raise BadInput("name a job (?job=ID) or a model and a target (?model=ID&target=<target JSON>)")
-    records = catalog.best_records(session, target_key=target_key, workload_ids=ids)
+    records = ranking.best_records(session, target_key=target_key, workload_ids=ids)
     if not records:
         raise NotFound(f"nothing has been measured yet for {what}; try again once workers have reported")
     pause_transaction(session)  # replaying traces into the zip takes TVM time

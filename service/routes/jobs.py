@@ -7,12 +7,11 @@ it up from the database.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from db import catalog
+from db import jobs, uploads, workloads
 from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
 from common.protocol import JobCreate, JobPublic, JobStatus
 from common.targets import canonical_target
@@ -30,12 +29,12 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, _: U
 
     pause_transaction(session)  # the first canonical_target in a process imports TVM (seconds)
     target_json, target_key = canonical_target(body.target)
-    model = catalog.get_model(session, model_id=body.model_id)
-    content, shapes = model.content, json.loads(model.input_shapes_json)
+    model = uploads.model_file(session, model_id=body.model_id)
+    content, shapes = model.content, model.input_shapes
     pause_transaction(session)  # model intake below takes seconds of TVM work
     extracted = extract_workloads(content, shapes, target_json)
-    ids = catalog.upsert_workloads(session, extracted=extracted)
-    job_id = catalog.create_job(
+    ids = workloads.upsert_workloads(session, extracted=extracted)
+    job_id = jobs.create_job(
         session,
         model_id=body.model_id,
         target_json=target_json,
@@ -45,7 +44,7 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, _: U
         tasks=[(w.name, w.weight, ids[w.shash]) for w in extracted],
         retune=body.retune,
     )
-    return catalog.job_public(session, job_id=job_id)
+    return jobs.job_public(session, job_id=job_id)
 
 
 @router.get("")
@@ -58,15 +57,15 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[JobPublic]:
     """Newest first, with per-task progress."""
-    return catalog.list_jobs(session, model_id=model_id, status=status, limit=limit, offset=offset)
+    return jobs.list_jobs(session, model_id=model_id, status=status, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}")
 def get_job(job_id: int, session: SessionDep, _: CurrentToken) -> JobPublic:
-    return catalog.job_public(session, job_id=job_id)
+    return jobs.job_public(session, job_id=job_id)
 
 
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: int, session: SessionDep, _: UserToken) -> JobPublic:
     """Cancel a queued or running job (409 otherwise); its unmeasured candidates are withdrawn."""
-    return catalog.cancel_job(session, job_id=job_id)
+    return jobs.cancel_job(session, job_id=job_id)

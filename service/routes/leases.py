@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from db import catalog, queue
+from db import leases, queue, workers
 from service.deps import SessionDep, SettingsDep, WorkerToken, owned_worker
 from common.protocol import (
     HeartbeatRequest,
@@ -28,7 +28,7 @@ router = APIRouter(prefix="/leases", tags=["leases"])
 def lease(body: LeaseRequest, session: SessionDep, settings: SettingsDep, token: WorkerToken) -> LeaseResponse:
     """Up to ``max_candidates`` (capped by the service) for the worker's target; ``lease_id`` null when none wait."""
     worker = owned_worker(session, token, body.worker_id)
-    return catalog.lease_batch(
+    return leases.lease_batch(
         session,
         worker=worker,
         max_count=min(body.max_candidates, settings.max_lease_candidates),
@@ -63,7 +63,7 @@ def report_results(lease_id: int, body: ResultsReport, session: SessionDep, toke
         session, lease_id=lease_id, worker_id=body.worker_id, results=body.results, flag_all=degraded
     )
     if body.calibration is not None:
-        catalog.set_worker_calibration(session, worker_id=body.worker_id, calibration=body.calibration)
+        workers.set_worker_calibration(session, worker_id=body.worker_id, calibration=body.calibration)
     return ack
 
 

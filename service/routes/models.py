@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from db import catalog
+from db import uploads
 from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
 from common.errors import BadInput, TooLarge
 from common.protocol import ModelPublic
@@ -49,12 +49,12 @@ def upload_model(
     shapes = _parse_shapes(input_shapes)
     pause_transaction(session)
     inputs = inspect_onnx(content, shapes)  # BadInput with the parser's reason
-    row, created = catalog.store_model(
+    model, created = uploads.store_model(
         session, name=name or file.filename or "model.onnx", content=content, input_shapes=inputs.shapes
     )
     if not created:
         response.status_code = 200
-    return catalog.model_public(row, created=created)
+    return model
 
 
 @router.get("")
@@ -65,9 +65,9 @@ def list_models(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[ModelPublic]:
     """Newest first."""
-    return catalog.list_models(session, limit=limit, offset=offset)
+    return uploads.list_models(session, limit=limit, offset=offset)
 
 
 @router.get("/{model_id}")
 def get_model(model_id: int, session: SessionDep, _: CurrentToken) -> ModelPublic:
-    return catalog.model_public(catalog.get_model(session, model_id=model_id, with_content=False))
+    return uploads.get_model(session, model_id=model_id)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from db import catalog
+from db import tokens
 from service.deps import AdminToken, SessionDep
-from common.protocol import Role, TokenCreate, TokenCreated
+from common.protocol import TokenCreate, TokenCreated
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
 
 @router.post("", status_code=201)
 def create_token(body: TokenCreate, session: SessionDep, _: AdminToken) -> TokenCreated:
-    row, raw = catalog.create_token(session, name=body.name, role=body.role)
-    return TokenCreated(id=row.id, name=row.name, role=Role(row.role), token=raw)
+    token, raw = tokens.create_token(session, name=body.name, role=body.role)
+    return TokenCreated(id=token.id, name=token.name, role=token.role, token=raw)
 
 
 @router.delete("/{token_id}", status_code=204)
 def revoke_token(token_id: int, session: SessionDep, _: AdminToken) -> Response:
-    catalog.revoke_token(session, token_id=token_id)
+    tokens.revoke_token(session, token_id=token_id)
     return Response(status_code=204)

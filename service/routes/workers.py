@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from db import catalog
+from db import workers
 from service.deps import CurrentToken, SessionDep, WorkerToken, pause_transaction
 from common.protocol import WorkerPublic, WorkerRegister
 from common.targets import canonical_target
@@ -17,7 +17,7 @@ def register_worker(body: WorkerRegister, session: SessionDep, token: WorkerToke
     """Register (or re-register after a restart: same name, token and target give the same id)."""
     pause_transaction(session)  # the first canonical_target in a process imports TVM (seconds)
     target_json, target_key = canonical_target(body.target)
-    row = catalog.register_worker(
+    worker = workers.register_worker(
         session,
         name=body.name,
         token_id=token.id,
@@ -26,10 +26,10 @@ def register_worker(body: WorkerRegister, session: SessionDep, token: WorkerToke
         target_key=target_key,
     )
     if body.calibration is not None:
-        catalog.set_worker_calibration(session, worker_id=row.id, calibration=body.calibration)
-    return catalog.worker_public(row)
+        workers.set_worker_calibration(session, worker_id=worker.id, calibration=body.calibration)
+    return workers.worker_public(workers.get_worker(session, worker_id=worker.id))
 
 
 @router.get("")
 def list_workers(session: SessionDep, _: CurrentToken) -> list[WorkerPublic]:
-    return catalog.list_workers(session)
+    return workers.list_workers(session)

@@ -7,10 +7,8 @@ workers' reports are (``db.queue.complete``), then replayed and featurised.
 from __future__ import annotations
 
 import json
-import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,12 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cost_model import features
-from db.engine import db_now, session_scope
-from db.models import CostModelVersion, Job, Model, Task, Worker, Workload
+from db.engine import session_scope
+from db.models import CostModelVersion
 from db.queue import complete, enqueue_candidates, lease_candidates
-from common.protocol import CandidateResult
+from common.protocol import CandidateResult, JobStatus
 from common.targets import canonical_target
-from common.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
+from common.tvm_json import apply_trace, args_info_json
+from factories import add_job, add_task, add_worker, add_workload
 from tvm_helpers import CPU_TARGET, matmul_workload, real_candidates
 
 
@@ -49,22 +48,10 @@ def store_measurements(factory: sessionmaker[Session], n: int, seed: int) -> str
     mod = matmul_workload(n)
     rows = measured(n, seed)
     with session_scope(factory) as s:
-        now = db_now(s)
-        model = Model(name="m", sha256=uuid.uuid4().hex * 2, format="onnx", content=b"", size_bytes=0,
-                      input_shapes_json="{}", created_at=now)
-        workload = s.scalar(select(Workload).where(Workload.shash == workload_hash(mod))) or Workload(
-            shash=workload_hash(mod), mod_json=workload_to_json(mod), args_info_json=args_info_json(mod),
-            flops=2.0 * n**3, created_at=now)
-        worker = Worker(name="w", target_json=json.dumps(target), target_key=key, registered_at=now, last_seen_at=now)
-        s.add_all([model, workload, worker])
-        s.flush()
-        job = Job(model_id=model.id, target_json=json.dumps(target), target_key=key, trials=len(rows),
-                  trials_per_round=len(rows), status="done", created_at=now)
-        s.add(job)
-        s.flush()
-        task = Task(job_id=job.id, workload_id=workload.id, name=f"matmul{n}", weight=1)
-        s.add(task)
-        s.flush()
+        workload = add_workload(s, mod=mod, flops=2.0 * n**3)
+        worker = add_worker(s, target_key=key, target_json=json.dumps(target))
+        job = add_job(s, target=CPU_TARGET, trials=len(rows), per_round=len(rows), status=JobStatus.done)
+        task = add_task(s, job=job, workload=workload, name=f"matmul{n}")
         ids = enqueue_candidates(s, task_id=task.id, workload_id=workload.id, target_key=key,
                                  traces=[t for t, _ in rows], round=1)
         lease, _ = lease_candidates(s, worker_id=worker.id, target_key=key, max_count=len(rows), ttl_s=60)
@@ -92,7 +79,8 @@ def test_trained_from_the_database_versioned_and_loaded_warm(session_factory: se
     from tvm.s_tir import meta_schedule as ms
 
     from cost_model.model import booster_from_bytes
-    from cost_model.store import latest, load_cost_model, refresh
+    from cost_model.store import load_cost_model, refresh
+    from db.cost_models import latest
 
     target, _ = canonical_target(CPU_TARGET)
     key = store_measurements(session_factory, 32, 0)
@@ -185,19 +173,25 @@ def test_cold_model_is_random_until_warm(session_factory: sessionmaker[Session])
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_evaluate_ranks_held_out_beside_metaschedule(db_url: str, session_factory: sessionmaker[Session],
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from cost_model.evaluate import main
+def test_evaluate_ranks_held_out_beside_metaschedule(db_url: str, session_factory: sessionmaker[Session]) -> None:
+    from typer.testing import CliRunner
 
+    from common.errors import NotFound
+    from cost_model.evaluate import evaluate, markdown
+    from tunehub.cli import app
+
+    with pytest.raises(NotFound, match="no measurements"):
+        evaluate(session_factory)
     key = store_measurements(session_factory, 32, 0)
     store_measurements(session_factory, 32, 1)
     store_measurements(session_factory, 16, 0)
-    assert main(["--database-url", db_url, "--target-key", key, "--json"]) == 0
-    scores = {s["model"]: s for s in json.loads(capsys.readouterr().out)}
-    assert set(scores) == {"tunehub", "metaschedule"}
-    for s in scores.values():
-        assert 0 <= s["pairwise_accuracy"] <= 1 and s["workloads"] == 2 and s["test_samples"] >= 4
-    assert main(["--database-url", db_url]) == 0  # the key with most measurements by default
-    assert "| tunehub |" in capsys.readouterr().out
-
-
+    scores = evaluate(session_factory, target_key=key)
+    assert scores.target_key == key and [m.model for m in scores.models] == ["tunehub", "metaschedule"]
+    for m in scores.models:
+        assert 0 <= m.pairwise_accuracy <= 1 and m.workloads == 2 and m.test_samples >= 4
+    assert "| tunehub |" in markdown(scores) and "top-5 recall" in markdown(scores)
+    # The CLI calls it directly; the key with most measurements by default.
+    result = CliRunner().invoke(app, ["cost-model", "eval", "--database-url", db_url, "--json", "-k", "3"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["target_key"] == key and out["k"] == 3 and {m["model"] for m in out["models"]} == {"tunehub", "metaschedule"}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import db_now, session_scope
+from common.protocol import JobStatus
+from db.engine import session_scope
 from db.families import family_bests, label, member_measurements, unlabelled
-from db.models import Candidate, Job, Measurement, Model, Task, Worker, Workload
+from factories import add_job, add_measurement, add_task, add_worker, add_workload
 
 KEY = '{"kind":"llvm","test":"families"}'
 
@@ -18,32 +17,15 @@ def _measured(factory: sessionmaker[Session], results: dict[str, list[tuple[floa
     """One workload per name with measurements (mean seconds or None for an error, flagged) on KEY."""
     ids = {}
     with session_scope(factory) as s:
-        now = db_now(s)
-        model = Model(name="m", sha256=f"{time.monotonic_ns():064x}"[-64:], format="onnx", content=b"",
-                      size_bytes=0, input_shapes_json="{}", created_at=now)
-        worker = Worker(name="w", target_json="{}", target_key=KEY, registered_at=now, last_seen_at=now)
-        s.add_all([model, worker])
-        s.flush()
-        job = Job(model_id=model.id, target_json="{}", target_key=KEY, trials=8, trials_per_round=4,
-                  status="done", created_at=now)
-        s.add(job)
-        s.flush()
+        job = add_job(s, key=KEY, status=JobStatus.done)
+        worker = add_worker(s, target_key=KEY)
         for name, rows in results.items():
-            wl = Workload(shash=f"{name}-{time.monotonic_ns()}"[-24:], mod_json=f'"{name}"', args_info_json="[]",
-                          flops=flops.get(name), created_at=now)
-            s.add(wl)
-            s.flush()
-            task = Task(job_id=job.id, workload_id=wl.id, name=name, weight=1)
-            s.add(task)
-            s.flush()
+            wl = add_workload(s, shash=name, flops=flops.get(name))  # its mod_json is '"<name>"'
+            task = add_task(s, job=job, workload=wl, name=name)
             for i, (secs, flagged) in enumerate(rows):
-                c = Candidate(task_id=task.id, workload_id=wl.id, target_key=KEY, trace_json=f'"{name}-{i}"',
-                              round=1, state="done", attempts=1, created_at=now)
-                s.add(c)
-                s.flush()
-                s.add(Measurement(candidate_id=c.id, worker_id=worker.id, workload_id=wl.id, target_key=KEY,
-                                  run_secs_json=None if secs is None else f"[{secs}]", mean_secs=secs,
-                                  error=None if secs is not None else "crash", flagged=flagged, created_at=now))
+                add_measurement(s, task=task, worker=worker, trace_json=f'"{name}-{i}"',
+                                run_secs=None if secs is None else [secs], error=None if secs is not None else "crash",
+                                flagged=flagged)
             ids[name] = wl.id
     return ids
 

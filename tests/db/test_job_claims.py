@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -12,22 +11,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import db_now, session_scope
 from db.job_claims import claim_job, finish_job, job_heartbeat, job_status, release_job
-from db.models import Job, Model
+from db.models import Job
 from common.errors import BadInput
+from common.protocol import CandidateState, JobStatus, MeasurementOutcome
+from factories import add_job, add_measurement, add_task, add_worker, add_workload
+
+KEY = '{"kind":"llvm"}'
 
 
-def _job(factory: sessionmaker[Session], *, status: str = "queued") -> int:
+def _job(factory: sessionmaker[Session], *, status: JobStatus = JobStatus.queued) -> int:
     with session_scope(factory) as s:
-        now = db_now(s)
-        model = Model(name="m", sha256=f"{time.monotonic_ns():064x}"[-64:], format="onnx", content=b"",
-                      size_bytes=0, input_shapes_json="{}", created_at=now)
-        s.add(model)
-        s.flush()
-        job = Job(model_id=model.id, target_json='{"kind":"llvm"}', target_key='{"kind":"llvm"}', trials=8,
-                  trials_per_round=4, status=status, created_at=now)
-        s.add(job)
-        s.flush()
-        return job.id
+        return add_job(s, key=KEY, target={"kind": "llvm"}, status=status).id
 
 
 def _row(factory: sessionmaker[Session], job_id: int) -> Job:
@@ -50,9 +44,9 @@ def test_claim_heartbeat_finish(session_factory: sessionmaker[Session]) -> None:
         assert job_heartbeat(s, job_id=job_id, owner="a")
         assert not job_heartbeat(s, job_id=job_id, owner="b")
         with pytest.raises(BadInput):
-            finish_job(s, job_id=job_id, owner="a", status="queued")
-        assert not finish_job(s, job_id=job_id, owner="b", status="done")
-        assert finish_job(s, job_id=job_id, owner="a", status="failed", error="RuntimeError('x')")
+            finish_job(s, job_id=job_id, owner="a", status=JobStatus.queued)
+        assert not finish_job(s, job_id=job_id, owner="b", status=JobStatus.done)
+        assert finish_job(s, job_id=job_id, owner="a", status=JobStatus.failed, error="RuntimeError('x')")
         assert not job_heartbeat(s, job_id=job_id, owner="a")  # finished: stop working on it
     job = _row(session_factory, job_id)
     assert (job.status, job.error) == ("failed", "RuntimeError('x')")
@@ -93,7 +87,7 @@ def test_stale_running_job_is_reclaimed_and_old_owner_learns_it(session_factory:
     assert (job.status, job.tuner_owner, job.started_at) == ("running", "new", first_start)
     with session_scope(session_factory) as s:
         assert not job_heartbeat(s, job_id=job_id, owner="dead")
-        assert not finish_job(s, job_id=job_id, owner="dead", status="done")
+        assert not finish_job(s, job_id=job_id, owner="dead", status=JobStatus.done)
 
 
 def test_release_and_cancel(session_factory: sessionmaker[Session]) -> None:
@@ -106,7 +100,7 @@ def test_release_and_cancel(session_factory: sessionmaker[Session]) -> None:
         assert claim_job(s, owner="b", grace_s=10) == second
         s.execute(update(Job).where(Job.id == second).values(status="cancelled"))
         assert not job_heartbeat(s, job_id=second, owner="b")
-        assert not finish_job(s, job_id=second, owner="b", status="done")
+        assert not finish_job(s, job_id=second, owner="b", status=JobStatus.done)
         assert job_status(s, job_id=second) == "cancelled"
         assert claim_job(s, owner="c", grace_s=10) is None  # cancelled jobs are never claimed
         assert job_status(s, job_id=10_000) is None
@@ -115,32 +109,22 @@ def test_release_and_cancel(session_factory: sessionmaker[Session]) -> None:
 def test_what_the_tuner_reads(session_factory: sessionmaker[Session]) -> None:
     """load_job, job_candidates and fleet_best return plain records of the right rows."""
     from db.job_claims import fleet_best, job_candidates, load_job
-    from db.models import Candidate, Measurement, Task, Worker, Workload
+    from db.queue import enqueue_candidates
 
     old_job, new_job = _job(session_factory), _job(session_factory)
     with session_scope(session_factory) as s:
-        now = db_now(s)
-        wl = Workload(shash="123", mod_json="{}", args_info_json="[]", flops=None, created_at=now)
-        worker = Worker(name="w", target_json="{}", target_key='{"kind":"llvm"}', registered_at=now, last_seen_at=now)
-        s.add_all([wl, worker])
-        s.flush()
-        old_task = Task(job_id=old_job, workload_id=wl.id, name="old", weight=1)
-        new_task = Task(job_id=new_job, workload_id=wl.id, name="new", weight=2)
-        s.add_all([old_task, new_task])
-        s.flush()
-        cands = {}
-        for name, task, state in [("fast", old_task, "done"), ("slow", old_task, "done"), ("err", old_task, "done"),
-                                  ("mine", new_task, "done"), ("waiting", new_task, "pending")]:
-            c = Candidate(task_id=task.id, workload_id=wl.id, target_key='{"kind":"llvm"}', trace_json=f'"{name}"',
-                          round=1, state=state, attempts=1, created_at=now)
-            s.add(c)
-            s.flush()
-            cands[name] = c.id
-        for name, secs, error in [("fast", [1e-5], None), ("slow", [2e-5, 4e-5], None), ("err", None, "crash"),
-                                  ("mine", [5e-6], None)]:
-            s.add(Measurement(candidate_id=cands[name], worker_id=worker.id, workload_id=wl.id,
-                              target_key='{"kind":"llvm"}', run_secs_json=None if secs is None else str(secs),
-                              mean_secs=None if secs is None else sum(secs) / len(secs), error=error, created_at=now))
+        wl = add_workload(s, shash="123")
+        worker = add_worker(s, target_key=KEY)
+        old_task = add_task(s, job=s.get(Job, old_job), workload=wl, name="old")
+        new_task = add_task(s, job=s.get(Job, new_job), workload=wl, name="new", weight=2)
+        cands = {
+            name: add_measurement(s, task=task, worker=worker, trace_json=f'"{name}"', run_secs=secs, error=error,
+                                  round=1).candidate_id
+            for name, task, secs, error in [("fast", old_task, [1e-5], None), ("slow", old_task, [2e-5, 4e-5], None),
+                                            ("err", old_task, None, "crash"), ("mine", new_task, [5e-6], None)]
+        }
+        cands["waiting"] = enqueue_candidates(s, task_id=new_task.id, workload_id=wl.id, target_key=KEY,
+                                              traces=['"waiting"'], round=1)[0]
         new_task_id = new_task.id
         wl_id = wl.id
 
@@ -150,14 +134,14 @@ def test_what_the_tuner_reads(session_factory: sessionmaker[Session]) -> None:
         assert (spec.trials, spec.trials_per_round, spec.status) == (8, 4, "queued")
         rows = {r.trace_json: r for r in job_candidates(s, job_id=new_job)}
         assert set(rows) == {'"mine"', '"waiting"'}
-        assert rows['"mine"'].measured and rows['"mine"'].run_secs == (5e-6,)
-        assert not rows['"waiting"'].measured and rows['"waiting"'].state == "pending"
+        assert rows['"mine"'].measured and rows['"mine"'].outcome == MeasurementOutcome(run_secs=[5e-6])
+        assert not rows['"waiting"'].measured and rows['"waiting"'].state is CandidateState.pending
         assert [r.trace_json for r in job_candidates(s, job_id=new_job, candidate_ids=[cands["waiting"]])] == ['"waiting"']
         assert job_candidates(s, job_id=new_job, candidate_ids=[]) == []
         old = {r.trace_json: r for r in job_candidates(s, job_id=old_job)}
-        assert old['"err"'].measured and old['"err"'].run_secs is None and old['"err"'].error == "crash"
+        assert old['"err"'].measured and old['"err"'].outcome.run_secs is None and old['"err"'].outcome.error == "crash"
         # Other tasks' valid measurements, fastest first; this task's own and errors left out.
-        best = fleet_best(s, workload_id=wl_id, target_key='{"kind":"llvm"}', exclude_task_id=new_task_id, limit=5)
+        best = fleet_best(s, workload_id=wl_id, target_key=KEY, exclude_task_id=new_task_id, limit=5)
         assert [r.trace_json for r in best] == ['"fast"', '"slow"']
-        assert best[1].run_secs == (2e-5, 4e-5)
+        assert best[1].outcome == MeasurementOutcome(run_secs=[2e-5, 4e-5])
         assert fleet_best(s, workload_id=wl_id, target_key='{"kind":"cuda"}', exclude_task_id=new_task_id, limit=5) == []

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import catalog, queue
-from db.engine import db_now, session_scope
+from db import jobs, queue, uploads, workers, workloads
+from db.engine import as_utc, db_now, session_scope
 from db.models import Candidate, Lease, Measurement
 from common.errors import BadInput, LeaseLost, NotFound
-from common.protocol import CandidateResult
+from common.protocol import CandidateResult, ErrorKind, MeasurementOutcome
 
 KEY = '{"keys":["cpu"],"kind":"llvm","num-cores":2}'
 TTL = 60.0
@@ -67,18 +67,18 @@ class World:
 @pytest.fixture
 def world(session_factory: sessionmaker[Session]) -> World:
     with session_scope(session_factory) as s:
-        model, _ = catalog.store_model(s, name="m", content=b"onnx", input_shapes={})
-        wid = catalog.upsert_workloads(s, extracted=[_Wl("123")])["123"]
-        job = catalog.create_job(s, model_id=model.id, target_json={"kind": "llvm"}, target_key=KEY, trials=8,
+        model, _ = uploads.store_model(s, name="m", content=b"onnx", input_shapes={})
+        wid = workloads.upsert_workloads(s, extracted=[_Wl("123")])["123"]
+        job = jobs.create_job(s, model_id=model.id, target_json={"kind": "llvm"}, target_key=KEY, trials=8,
                                  trials_per_round=4, tasks=[("t", 1, wid)])
-        task_id = catalog.job_public(s, job_id=job).tasks[0].id
-        workers = [
-            catalog.register_worker(
+        task_id = jobs.job_public(s, job_id=job).tasks[0].id
+        worker_ids = [
+            workers.register_worker(
                 s, name=f"w{i}", token_id=None, hardware={}, target_json={"kind": "llvm"}, target_key=KEY
             ).id
             for i in range(4)
         ]
-    return World(session_factory, task_id, wid, workers)
+    return World(session_factory, task_id, wid, worker_ids)
 
 
 def ok(cid: int, secs: float = 1e-3) -> CandidateResult:
@@ -171,9 +171,9 @@ def test_heartbeat_extends_and_a_lost_lease_raises(world: World) -> None:
     with session_scope(world.factory) as s:
         before = s.get(Lease, lid).expires_at  # type: ignore[union-attr]
         after = queue.heartbeat(s, lease_id=lid, worker_id=world.workers[0], ttl_s=3600)
-    assert after > before + timedelta(seconds=3000)
+    assert after.tzinfo is not None and after > as_utc(before) + timedelta(seconds=3000)
     with session_scope(world.factory) as s:
-        assert s.get(Lease, lid).expires_at == after  # type: ignore[union-attr]
+        assert as_utc(s.get(Lease, lid).expires_at) == after  # type: ignore[union-attr]
     with session_scope(world.factory) as s, pytest.raises(LeaseLost, match="belongs to worker"):
         queue.heartbeat(s, lease_id=lid, worker_id=world.workers[1], ttl_s=TTL)
     with session_scope(world.factory) as s, pytest.raises(NotFound):
@@ -208,3 +208,26 @@ def test_cancelled_candidates_leave_the_queue(world: World) -> None:
     assert world.states(cids) == {"cancelled"} and world.lease(1) == (None, [])
     assert world.complete(0, lid, [ok(cids[0])]).ignored == [cids[0]]  # type: ignore[arg-type]
     assert world.measurements() == 0
+
+
+def test_error_kind_is_stored_and_read_back(world: World) -> None:
+    from db.job_claims import job_candidates
+    from db.models import Task
+
+    cids = world.enqueue(3)
+    lid, _ = world.lease(0)
+    assert lid is not None
+    world.complete(0, lid, [
+        CandidateResult.model_validate(
+            {"candidate_id": cids[0], **MeasurementOutcome.failed(ErrorKind.crash, "sandbox died").model_dump()}),
+        CandidateResult(candidate_id=cids[1], error="older worker: no kind"),
+        ok(cids[2]),
+    ])
+    with session_scope(world.factory) as s:
+        kinds = dict(s.execute(select(Measurement.candidate_id, Measurement.error_kind)).all())
+        assert kinds == {cids[0]: "crash", cids[1]: None, cids[2]: None}
+        job_id = s.scalar(select(Task.job_id).where(Task.id == world.task_id))
+        outcomes = {c.candidate_id: c.outcome for c in job_candidates(s, job_id=job_id, candidate_ids=cids)}
+    assert outcomes[cids[0]] == MeasurementOutcome.failed(ErrorKind.crash, "sandbox died")
+    assert outcomes[cids[1]].error_kind is None and outcomes[cids[1]].error == "older worker: no kind"
+    assert outcomes[cids[2]].valid and outcomes[cids[2]].error_kind is None

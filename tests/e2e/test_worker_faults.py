@@ -45,14 +45,14 @@ class Queue:
         self.tasks: dict[str, tuple[int, int]] = {}  # name -> (task id, workload id)
 
     def add_task(self, name: str, mod: Any) -> None:
-        from db import catalog
+        from db import workloads
         from db.engine import session_scope
         from db.models import Task
         from common.tvm_json import args_info_json, workload_hash, workload_to_json
 
         wl = SimpleNamespace(shash=workload_hash(mod), mod_json=workload_to_json(mod), args_info_json=args_info_json(mod), flops=None)
         with session_scope(self.factory) as s:
-            wid = catalog.upsert_workloads(s, extracted=[wl])[wl.shash]
+            wid = workloads.upsert_workloads(s, extracted=[wl])[wl.shash]
             task = Task(job_id=self.job_id, workload_id=wid, name=name, weight=1)
             s.add(task)
             s.flush()

@@ -10,7 +10,7 @@ import httpx
 from live_server import Live, serve
 from sqlalchemy import select
 
-from db import catalog
+from db import tokens
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.models import Token
 from service.app import admin_token_path, create_app
@@ -137,8 +137,8 @@ def test_admin_token_bootstrap(db_url: str, tmp_path: Path) -> None:
 
     engine = make_engine(db_url)
     with session_scope(make_sessionmaker(engine)) as s:
-        assert catalog.verify_token(s, raw=raw) is not None
-        assert catalog.verify_token(s, raw=fixed.admin_token or "") is not None
+        assert tokens.verify_token(s, raw=raw) is not None
+        assert tokens.verify_token(s, raw=fixed.admin_token or "") is not None
         assert len(s.scalars(select(Token)).all()) == 2
     engine.dispose()
 

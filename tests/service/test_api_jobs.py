@@ -16,7 +16,7 @@ import pytest
 from live_server import MLP_ONNX, Live
 from sqlalchemy import select
 
-from db import catalog, queue
+from db import jobs, queue
 from db.models import Candidate, Job, Task
 from common.targets import canonical_target
 
@@ -139,7 +139,7 @@ def test_cancel_withdraws_candidates_and_only_once(live: Live, job: dict[str, An
     canonical, key = canonical_target({"kind": "llvm", "num-cores": 3})
     with live.session() as s:
         tasks = s.execute(select(Task.name, Task.weight, Task.workload_id).where(Task.job_id == job["id"])).all()
-        other = catalog.create_job(
+        other = jobs.create_job(
             s, model_id=job["model_id"], target_json=canonical, target_key=key, trials=8, trials_per_round=4,
             tasks=[tuple(t) for t in tasks],
         )

@@ -17,7 +17,7 @@ from live_server import Live
 from sqlalchemy import func, select, update
 from tvm_helpers import matmul_workload
 
-from db import catalog, queue
+from db import jobs, queue, uploads, workloads
 from db.engine import db_now
 from db.models import Lease, Measurement
 from common.targets import canonical_target
@@ -40,13 +40,13 @@ def seed(live: Live, count: int) -> tuple[dict[str, Any], list[int], str]:
     canonical, key = canonical_target(target)
     wl = _Workload()
     with live.session() as s:
-        model, _ = catalog.store_model(s, name="m", content=uuid.uuid4().bytes, input_shapes={})
-        wid = catalog.upsert_workloads(s, extracted=[wl])[wl.shash]
-        job = catalog.create_job(
+        model, _ = uploads.store_model(s, name="m", content=uuid.uuid4().bytes, input_shapes={})
+        wid = workloads.upsert_workloads(s, extracted=[wl])[wl.shash]
+        job = jobs.create_job(
             s, model_id=model.id, target_json=canonical, target_key=key, trials=count, trials_per_round=count,
             tasks=[("matmul", 1, wid)],
         )
-        task_id = catalog.job_public(s, job_id=job).tasks[0].id
+        task_id = jobs.job_public(s, job_id=job).tasks[0].id
         cids = queue.enqueue_candidates(
             s, task_id=task_id, workload_id=wid, target_key=key, traces=[EMPTY_TRACE] * count, round=0
         )

@@ -16,7 +16,7 @@ from live_server import Live
 from stub_workers import StubFleet
 from tvm_helpers import matmul_workload
 
-from db import catalog, queue
+from db import jobs, queue, uploads, workloads
 from service.limits import ConcurrencyLimit
 from common.targets import canonical_target
 from common.tvm_json import args_info_json, workload_hash, workload_to_json
@@ -55,11 +55,11 @@ def test_fifty_workers_at_once_drain_the_queue(live: Live) -> None:
     canonical, key = canonical_target(target)
     wl = _Workload()
     with live.session() as s:
-        model, _ = catalog.store_model(s, name="m", content=uuid.uuid4().bytes, input_shapes={})
-        wid = catalog.upsert_workloads(s, extracted=[wl])[wl.shash]
-        job = catalog.create_job(s, model_id=model.id, target_json=canonical, target_key=key, trials=300,
+        model, _ = uploads.store_model(s, name="m", content=uuid.uuid4().bytes, input_shapes={})
+        wid = workloads.upsert_workloads(s, extracted=[wl])[wl.shash]
+        job = jobs.create_job(s, model_id=model.id, target_json=canonical, target_key=key, trials=300,
                                  trials_per_round=300, tasks=[("matmul", 1, wid)])
-        task_id = catalog.job_public(s, job_id=job).tasks[0].id
+        task_id = jobs.job_public(s, job_id=job).tasks[0].id
         ids = queue.enqueue_candidates(s, task_id=task_id, workload_id=wid, target_key=key,
                                        traces=["[[],[]]"] * 300, round=0)
     report = StubFleet(servers=[live.base_url], token=live.token("worker"), target=target, workers=50,
