@@ -34,10 +34,7 @@ class Batch:
 
 def outcome_of(row: CandidateOutcome) -> MeasurementOutcome | None:
     """The candidate's measurement; None while it has none."""
-    if not row.measured:
-        return None
-    return MeasurementOutcome(run_secs=list(row.run_secs) if row.run_secs else None,
-                              error=None if row.run_secs else row.error)
+    return row.outcome
 
 
 def fmt_ms(secs: float | None) -> str:
