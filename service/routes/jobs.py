@@ -11,8 +11,9 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
 
-from db import catalog
+from db import catalog, job_schedule
 from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
 from common.protocol import JobCreate, JobPublic, JobStatus
 from common.targets import canonical_target
@@ -24,7 +25,9 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, _: UserToken) -> JobPublic:
     """201 with the queued job and its tasks.
 
-    422 for an unknown target or a model TVM cannot split, 404 for an unknown model.
+    ``trials`` and ``time_budget_s`` may come alone or together: whichever is
+    spent first ends the job. 422 for an unknown target or a model TVM cannot
+    split, 404 for an unknown model.
     """
     from tuner.intake import extract_workloads  # TVM: imported on first use
 
@@ -40,12 +43,19 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, _: U
         model_id=body.model_id,
         target_json=target_json,
         target_key=target_key,
-        trials=body.trials,
+        trials=body.resolved_trials(),
         trials_per_round=body.trials_per_round or settings.num_trials_per_iter,
         tasks=[(w.name, w.weight, ids[w.shash]) for w in extracted],
         retune=body.retune,
     )
-    return catalog.job_public(session, job_id=job_id)
+    if body.time_budget_s is not None:
+        job_schedule.set_time_budget(session, job_id=job_id, time_budget_s=body.time_budget_s)
+    return _public(session, job_id)
+
+
+def _public(session: Session, job_id: int) -> JobPublic:
+    """A job's wire view with what the tuner's scheduler decided about it."""
+    return job_schedule.with_schedule(session, [catalog.job_public(session, job_id=job_id)])[0]
 
 
 @router.get("")
@@ -58,15 +68,17 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[JobPublic]:
     """Newest first, with per-task progress."""
-    return catalog.list_jobs(session, model_id=model_id, status=status, limit=limit, offset=offset)
+    jobs = catalog.list_jobs(session, model_id=model_id, status=status, limit=limit, offset=offset)
+    return job_schedule.with_schedule(session, jobs)
 
 
 @router.get("/{job_id}")
 def get_job(job_id: int, session: SessionDep, _: CurrentToken) -> JobPublic:
-    return catalog.job_public(session, job_id=job_id)
+    """The job, its budget and end reason, and per task: trials, best, share of model time and why."""
+    return _public(session, job_id)
 
 
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: int, session: SessionDep, _: UserToken) -> JobPublic:
     """Cancel a queued or running job (409 otherwise); its unmeasured candidates are withdrawn."""
-    return catalog.cancel_job(session, job_id=job_id)
+    return job_schedule.with_schedule(session, [catalog.cancel_job(session, job_id=job_id)])[0]
