@@ -284,6 +284,8 @@ def _fmt_s(secs: float) -> str:
 
 def job_table(job: Any) -> Table:
     """Progress of a job: per task its share of the model's time, trials, best latency and the scheduler's why."""
+    from rich.markup import escape
+
     from common.protocol import MAX_TRIALS
 
     budget = f", time budget {_fmt_s(job.time_budget_s)}" if job.time_budget_s else ""
@@ -293,7 +295,7 @@ def job_table(job: Any) -> Table:
         title += f", model ≈ {job.estimated_latency_s * 1e6:.1f} µs"
     if job.end_reason is not None:
         title += f" ({job.end_reason.value})"
-    table = Table(title=title)
+    table = Table(title=escape(title))  # "[done]" is not rich markup
     for col in ("task", "weight", "share", "trials", "valid", "best (µs)", "why"):
         table.add_column(col, justify="left" if col in ("task", "why") else "right")
     for t in job.tasks:
