@@ -66,8 +66,10 @@ class TunehubClient:
             resp = self._call("POST", "/models", files={"file": (path.name, fh, "application/octet-stream")}, data=data)
         return ModelPublic.model_validate(resp.json())
 
-    def create_job(self, model_id: int, target: dict[str, Any], trials: int, trials_per_round: int | None = None) -> JobPublic:
-        body = JobCreate(model_id=model_id, target=target, trials=trials, trials_per_round=trials_per_round)
+    def create_job(self, model_id: int, target: dict[str, Any], trials: int | None = None,
+                   trials_per_round: int | None = None, time_budget_s: float | None = None) -> JobPublic:
+        body = JobCreate(model_id=model_id, target=target, trials=trials, trials_per_round=trials_per_round,
+                         time_budget_s=time_budget_s)
         return JobPublic.model_validate(self._call("POST", "/jobs", json=body.model_dump(mode="json")).json())
 
     def job(self, job_id: int) -> JobPublic:

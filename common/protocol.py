@@ -69,18 +69,68 @@ class ModelPublic(BaseModel):
 # --- jobs -----------------------------------------------------------------
 
 
+MAX_TIME_BUDGET_S = 7 * 24 * 3600
+"""The longest time budget a job may ask for (a week)."""
+
+DEFAULT_TRIALS = 64
+"""A job's trials when it gives neither trials nor a time budget."""
+
+MAX_TRIALS = 100_000
+"""The most trials a job may ask for; a job with only a time budget gets this many."""
+
+
+class TaskReason(str, Enum):
+    """Why a task has the trials it has: the scheduler's last word on it (shown by ``tunehub status``)."""
+
+    waiting = "waiting for its first batch"
+    first_batch = "first batch"
+    largest_gain = "largest expected gain"
+    catching_up = "behind a task with a larger share"
+    converged = "converged"
+    negligible = "under 1 % of model"
+    no_valid = "no valid schedule"
+    exhausted = "search space exhausted"
+    answered = "answered from database"
+
+
+class JobEndReason(str, Enum):
+    """Why a finished job stopped searching."""
+
+    trials_spent = "trial budget spent"
+    time_budget = "time budget reached"
+    converged = "every task converged"
+    exhausted = "every search space exhausted"
+    answered = "answered from database"
+    no_tasks = "nothing to tune"
+
+
 class JobCreate(BaseModel):
     model_id: int
     target: TargetJSON
-    trials: int = Field(64, ge=1, le=100_000, description="Measurement budget across all tasks.")
+    trials: int | None = Field(
+        None, ge=1, le=MAX_TRIALS,
+        description=f"Measurement budget across all tasks; default {DEFAULT_TRIALS}, or unbounded "
+        "(the time budget decides) when only time_budget_s is given.",
+    )
+    time_budget_s: float | None = Field(
+        None, ge=1, le=MAX_TIME_BUDGET_S,
+        description="Wall-clock budget from the job's start (the database's clock); the job ends at it "
+        "with the best schedules found so far. Alone or with trials: whichever is spent first ends the job.",
+    )
     trials_per_round: int | None = Field(
-        None, ge=1, le=1024, description="Candidates per task per search round; default from settings."
+        None, ge=1, le=1024, description="Candidates per batch after a task's first; default from settings."
     )
     retune: bool = Field(
         False,
         description="Search again workloads already tuned for this target; by default they are answered "
         "from the database's best config at once, with no trials.",
     )
+
+    def resolved_trials(self) -> int:
+        """The trial budget to store: as given, else unbounded under a time budget, else the default."""
+        if self.trials is not None:
+            return self.trials
+        return MAX_TRIALS if self.time_budget_s is not None else DEFAULT_TRIALS
 
 
 class TaskPublic(BaseModel):
@@ -92,6 +142,11 @@ class TaskPublic(BaseModel):
     trials_done: int
     trials_valid: int
     best_latency_s: float | None
+    share: float | None = Field(
+        None, description="The task's part of the model's estimated time (weight x best, or x estimate "
+        "before it is measured), 0..1, as the scheduler last saw it."
+    )
+    why: TaskReason | None = Field(None, description="Why the task has the trials it has (the scheduler's last choice).")
 
 
 class JobPublic(BaseModel):
@@ -102,6 +157,11 @@ class JobPublic(BaseModel):
     target_key: str
     trials: int
     trials_done: int
+    time_budget_s: float | None = None
+    end_reason: JobEndReason | None = Field(None, description="Why a finished job stopped searching.")
+    estimated_latency_s: float | None = Field(
+        None, description="The model's latency as the scheduler estimates it: sum of weight x best (or estimate)."
+    )
     error: str | None = None
     created_at: datetime
     started_at: datetime | None = None

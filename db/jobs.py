@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, defer
 
 from common.errors import BadInput, Conflict, NotFound
-from common.protocol import JobPublic, JobStatus, TaskPublic
+from common.protocol import JobEndReason, JobPublic, JobStatus, TaskPublic, TaskReason
 from db import queue
 from db.engine import as_utc, db_now
 from db.models import Candidate, Job, Measurement, Model, Task, Workload
@@ -31,6 +31,7 @@ def create_job(
     trials_per_round: int,
     tasks: Sequence[tuple[str, int, int]],
     retune: bool = False,
+    time_budget_s: float | None = None,
 ) -> int:
     """A queued job and its tasks ``(name, weight, workload_id)``; returns the job id.
 
@@ -52,6 +53,7 @@ def create_job(
         trials=trials,
         trials_per_round=trials_per_round,
         retune=retune,
+        time_budget_s=time_budget_s,
         status=JobStatus.queued.value,
         created_at=db_now(session),
     )
@@ -113,6 +115,8 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
             Task.job_id,
             Task.name,
             Task.weight,
+            Task.share,
+            Task.why,
             Workload.shash,
             Workload.flops,
             stats.c.done,
@@ -136,6 +140,8 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
                 trials_done=r.done or 0,
                 trials_valid=r.valid or 0,
                 best_latency_s=r.best,
+                share=r.share,
+                why=TaskReason(r.why) if r.why else None,
             )
         )
     return [
@@ -151,6 +157,9 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
             created_at=as_utc(j.created_at),
             started_at=as_utc(j.started_at),
             finished_at=as_utc(j.finished_at),
+            time_budget_s=j.time_budget_s,
+            end_reason=JobEndReason(j.end_reason) if j.end_reason else None,
+            estimated_latency_s=j.estimated_latency_s,
             tasks=tasks[j.id],
         )
         for j in jobs

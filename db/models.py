@@ -80,6 +80,10 @@ class Job(Base):
     trials_per_round: Mapped[int] = mapped_column(Integer)
     # False: a workload already tuned for this target key is answered from its stored best, 0 trials.
     retune: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Seconds of the database's clock from started_at; the job ends at it with the best so far.
+    time_budget_s: Mapped[float | None] = mapped_column(Float)
+    end_reason: Mapped[str | None] = mapped_column(String(40))  # common.protocol.JobEndReason
+    estimated_latency_s: Mapped[float | None] = mapped_column(Float)  # sum weight x best-or-estimate, by the tuner
     status: Mapped[str] = mapped_column(String(16), index=True)  # common.protocol.JobStatus
     error: Mapped[str | None] = mapped_column(Text)
     tuner_owner: Mapped[str | None] = mapped_column(String(200))
@@ -101,6 +105,9 @@ class Task(Base):
     workload_id: Mapped[int] = mapped_column(ForeignKey("workloads.id"))
     name: Mapped[str] = mapped_column(String(300))
     weight: Mapped[int] = mapped_column(Integer)
+    # The tuner's scheduler, as it last decided: the task's part of the model's time and why.
+    share: Mapped[float | None] = mapped_column(Float)
+    why: Mapped[str | None] = mapped_column(String(40))  # common.protocol.TaskReason
 
     job: Mapped[Job] = relationship(back_populates="tasks")
     workload: Mapped[Workload] = relationship()

@@ -233,19 +233,27 @@ def token_create(
 def submit(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An ONNX file.")],
     target: Annotated[str, typer.Option(help='Target JSON, e.g. \'{"kind":"llvm","mcpu":"znver3","num-cores":8}\', or "local".')] = "local",
-    trials: Annotated[int, typer.Option(help="Measurement budget across the model's tasks.")] = 64,
+    trials: Annotated[Optional[int], typer.Option(
+        help="Measurement budget across the model's tasks (default 64, or unbounded with --time-budget alone).")] = None,
+    time_budget: Annotated[Optional[str], typer.Option(
+        "--time-budget", help="Wall-clock budget, e.g. 90s, 30m, 2h (a plain number is seconds); "
+        "the job ends at it with the best found so far.")] = None,
     shape: Annotated[Optional[list[str]], typer.Option(help="Input shape for symbolic dims: name=d0,d1,...")] = None,
     wait: Annotated[bool, typer.Option(help="Follow progress until the job ends.")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Upload a model and start a tuning job for a target."""
+    """Upload a model and start a tuning job for a target (a trial budget, a time budget, or both)."""
     from common.client import ApiError
 
     try:
+        budget_s = parse_duration(time_budget) if time_budget is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--time-budget") from None
+    try:
         with _client(server, token) as client:
             uploaded = client.upload_model(model, input_shapes=_parse_shapes(shape))
-            job = client.create_job(uploaded.id, _target(target), trials)
+            job = client.create_job(uploaded.id, _target(target), trials, time_budget_s=budget_s)
             console.print(f"model {uploaded.id} ({uploaded.sha256[:12]}), job {job.id}: {len(job.tasks)} tasks")
             if wait:
                 follow_job(client, job.id)
@@ -253,14 +261,48 @@ def submit(
         _fail(exc)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``/``"90s"`` → 90, ``"30m"`` → 1800, ``"1.5h"`` → 5400 seconds; ValueError otherwise."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _DURATION_UNITS else "s"
+    number = raw[:-1] if raw[-1:] in _DURATION_UNITS else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration: use a number with s, m or h, e.g. 30m") from None
+    if not value > 0:
+        raise ValueError(f"{text!r}: a time budget must be positive")
+    return value * _DURATION_UNITS[unit]
+
+
+def _fmt_s(secs: float) -> str:
+    return f"{secs / 3600:g}h" if secs >= 3600 else f"{secs / 60:g}m" if secs >= 60 else f"{secs:g}s"
+
+
 def job_table(job: Any) -> Table:
-    """Progress of a job: trials per task and the best latency found so far."""
-    table = Table(title=f"job {job.id} [{job.status.value}] {job.trials_done}/{job.trials} trials")
-    for col in ("task", "weight", "trials", "valid", "best (µs)"):
-        table.add_column(col, justify="right" if col != "task" else "left")
+    """Progress of a job: per task its share of the model's time, trials, best latency and the scheduler's why."""
+    from rich.markup import escape
+
+    from common.protocol import MAX_TRIALS
+
+    budget = f", time budget {_fmt_s(job.time_budget_s)}" if job.time_budget_s else ""
+    of = "" if job.time_budget_s and job.trials >= MAX_TRIALS else f"/{job.trials}"  # the time budget decides
+    title = f"job {job.id} [{job.status.value}] {job.trials_done}{of} trials{budget}"
+    if job.estimated_latency_s:
+        title += f", model ≈ {job.estimated_latency_s * 1e6:.1f} µs"
+    if job.end_reason is not None:
+        title += f" ({job.end_reason.value})"
+    table = Table(title=escape(title))  # "[done]" is not rich markup
+    for col in ("task", "weight", "share", "trials", "valid", "best (µs)", "why"):
+        table.add_column(col, justify="left" if col in ("task", "why") else "right")
     for t in job.tasks:
         best = f"{t.best_latency_s * 1e6:.2f}" if t.best_latency_s is not None else "-"
-        table.add_row(t.name, str(t.weight), str(t.trials_done), str(t.trials_valid), best)
+        share = f"{t.share * 100:.1f} %" if t.share is not None else "-"
+        why = t.why.value if t.why is not None else "-"
+        table.add_row(t.name, str(t.weight), share, str(t.trials_done), str(t.trials_valid), best, why)
     return table
 
 
@@ -289,7 +331,7 @@ def status(
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Show a job's progress: trials per task and best latency."""
+    """Show a job's progress: per task its share of model time, trials, best latency and why."""
     from common.client import ApiError
 
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-
 from db import jobs, uploads, workloads
 from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
 from common.protocol import JobCreate, JobPublic, JobStatus
@@ -23,7 +22,9 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, _: UserToken) -> JobPublic:
     """201 with the queued job and its tasks.
 
-    422 for an unknown target or a model TVM cannot split, 404 for an unknown model.
+    ``trials`` and ``time_budget_s`` may come alone or together: whichever is
+    spent first ends the job. 422 for an unknown target or a model TVM cannot
+    split, 404 for an unknown model.
     """
     from tuner.intake import extract_workloads  # TVM: imported on first use
 
@@ -39,10 +40,11 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, _: U
         model_id=body.model_id,
         target_json=target_json,
         target_key=target_key,
-        trials=body.trials,
+        trials=body.resolved_trials(),
         trials_per_round=body.trials_per_round or settings.num_trials_per_iter,
         tasks=[(w.name, w.weight, ids[w.shash]) for w in extracted],
         retune=body.retune,
+        time_budget_s=body.time_budget_s,
     )
     return jobs.job_public(session, job_id=job_id)
 
@@ -62,6 +64,7 @@ def list_jobs(
 
 @router.get("/{job_id}")
 def get_job(job_id: int, session: SessionDep, _: CurrentToken) -> JobPublic:
+    """The job, its budget and end reason, and per task: trials, best, share of model time and why."""
     return jobs.job_public(session, job_id=job_id)
 
 

@@ -159,3 +159,60 @@ def test_cancel_withdraws_candidates_and_only_once(live: Live, job: dict[str, An
     r = user.post(f"/jobs/{other}/cancel")
     assert r.status_code == 409 and r.json()["error"] == "conflict" and "cancelled" in r.json()["detail"]
     assert user.get(f"/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_a_time_budget_alone_or_with_trials(live: Live, job: dict[str, Any]) -> None:
+    """``time_budget_s`` alone: the trials are unbounded (the time decides); with trials: both kept;
+    out of bounds: 422 naming the field, nothing stored."""
+    from common.protocol import MAX_TIME_BUDGET_S, MAX_TRIALS
+
+    user = live.client(live.token("user"))
+    mid = job["model_id"]
+    r = user.post("/jobs", json={"model_id": mid, "target": TARGET, "time_budget_s": 1800})
+    assert r.status_code == 201, r.text
+    alone = r.json()
+    assert (alone["time_budget_s"], alone["trials"], alone["end_reason"]) == (1800, MAX_TRIALS, None)
+    r = user.post("/jobs", json={"model_id": mid, "target": TARGET, "time_budget_s": 60, "trials": 16})
+    assert r.status_code == 201 and (r.json()["time_budget_s"], r.json()["trials"]) == (60, 16)
+    both = r.json()
+    assert user.get(f"/jobs/{alone['id']}").json()["time_budget_s"] == 1800
+    assert user.get("/jobs", params={"model_id": mid}).json()[0]["time_budget_s"] == 60
+    with live.session() as s:
+        assert s.get(Job, alone["id"]).time_budget_s == 1800
+    before = live.counts()
+    for bad in (0, MAX_TIME_BUDGET_S + 1, "soon"):
+        r = user.post("/jobs", json={"model_id": mid, "target": TARGET, "time_budget_s": bad})
+        assert r.status_code == 422 and "body.time_budget_s" in r.json()["detail"], r.text
+    assert live.counts() == before
+    for created in (alone, both):  # leave the module's other jobs alone in the queue
+        assert user.post(f"/jobs/{created['id']}/cancel").json()["time_budget_s"] == created["time_budget_s"]
+
+
+def test_tasks_show_the_schedulers_share_and_why(live: Live, job: dict[str, Any]) -> None:
+    """What the tuner records (each task's share of model time and why; the end reason) is in GET /jobs/{id}."""
+    from common.protocol import JobEndReason, TaskReason
+    from db.job_claims import finish_job
+    from db.job_schedule import TaskChoice, record_end_reason, record_schedule
+
+    user = live.client(live.token("user"))
+    r = user.post("/jobs", json={"model_id": job["model_id"], "target": {"kind": "llvm", "num-cores": 5},
+                                 "trials": 8})
+    assert r.status_code == 201, r.text
+    created = r.json()
+    ids = [t["id"] for t in created["tasks"]]
+    assert all(t["share"] is None and t["why"] is None for t in created["tasks"])
+    whys = [TaskReason.largest_gain, TaskReason.first_batch, TaskReason.negligible]
+    with live.session() as s:
+        # As a tuner's claim leaves it (claiming would take the module's older queued job first).
+        s.execute(Job.__table__.update().where(Job.id == created["id"]).values(status="running", tuner_owner="t"))
+        assert not record_schedule(s, job_id=created["id"], owner="someone else", estimated_latency_s=1.0, tasks={})
+        assert record_schedule(s, job_id=created["id"], owner="t", estimated_latency_s=2.5e-3,
+                               tasks={tid: TaskChoice(share, why)
+                                      for tid, share, why in zip(ids, (0.8, 0.195, 0.005), whys)})
+        assert record_end_reason(s, job_id=created["id"], owner="t", reason=JobEndReason.time_budget)
+        assert finish_job(s, job_id=created["id"], owner="t", status="done")
+    got = user.get(f"/jobs/{created['id']}").json()
+    assert got["status"] == "done" and got["end_reason"] == "time budget reached"
+    assert got["estimated_latency_s"] == pytest.approx(2.5e-3)
+    assert [(t["share"], t["why"]) for t in got["tasks"]] == [
+        (0.8, "largest expected gain"), (0.195, "first batch"), (0.005, "under 1 % of model")]

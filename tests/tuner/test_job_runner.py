@@ -248,8 +248,8 @@ def test_cancel_stops_the_runner(db_url: str, session_factory: sessionmaker[Sess
     rows = make_job(session_factory, trials=16, per_round=8)
     assert _claim(session_factory, "t") == rows.job_id
     runner = _start(session_factory, rows.job_id, "t", threading.Event(), settings_for(db_url))
-    # Pipelined: batch 2 is generated and queued while batch 1 waits for a worker.
-    wait_for(lambda: counts(session_factory, rows.job_id)["states"].get("pending") == 16,
+    # Pipelined: batch 2 (a round of 8) is generated and queued while batch 1 (a first batch of 4) waits.
+    wait_for(lambda: counts(session_factory, rows.job_id)["states"].get("pending") == 12,
              timeout_s=60, what="two batches in the queue", poll_s=0.2)
     with session_scope(session_factory) as s:  # what the service does on DELETE /jobs/{id}
         s.execute(update(Job).where(Job.id == rows.job_id).values(status="cancelled"))
@@ -258,7 +258,7 @@ def test_cancel_stops_the_runner(db_url: str, session_factory: sessionmaker[Sess
     with session_scope(session_factory) as s:
         cancel_candidates(s, task_ids=list(rows.task_ids))  # idempotent beside the runner's own withdrawal
     c = counts(session_factory, rows.job_id)
-    assert c["status"] == "cancelled" and c["states"] == {"cancelled": 16} and c["measured"] == 0
+    assert c["status"] == "cancelled" and c["states"] == {"cancelled": 12} and c["measured"] == 0
 
 
 def test_broken_workload_fails_the_job_loudly(db_url: str, session_factory: sessionmaker[Session],
@@ -329,8 +329,8 @@ def test_a_new_shape_starts_from_its_family(db_url: str, session_factory: sessio
 @pytest.mark.slow
 def test_a_later_task_starts_from_an_earlier_sibling(db_url: str, session_factory: sessionmaker[Session],
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    """Within one job: the 48³ task's first batch is proposed after the 32³ task's was measured
-    (pipeline depth 1), so it starts from the 32³ bests."""
+    """Within one job: first batches go heaviest first, so the 32³ task's first batch is proposed after
+    the 48³ task's was measured (pipeline depth 1), and it starts from the 48³ bests."""
     caplog.set_level("INFO", logger="tuner")
     settings = settings_for(db_url).model_copy(update={"tuner_pipeline_depth": 1})
     rows = make_job(session_factory, sizes=(32, 48), trials=8, per_round=4)
@@ -342,5 +342,5 @@ def test_a_later_task_starts_from_an_earlier_sibling(db_url: str, session_factor
     assert c["status"] == "done" and c["measured"] == 8, c["error"]
     carried = [r.getMessage() for r in caplog.records if "carried over" in r.getMessage()]
     # The sibling's measurements already reached the job's shared cost model: not fed twice.
-    assert carried == [f"job {rows.job_id} task matmul48: 4 schedules carried over from 1 workloads of its family "
+    assert carried == [f"job {rows.job_id} task matmul32: 4 schedules carried over from 1 workloads of its family "
                        "(4 tried); cost model trained on 0 of their measurements"]
