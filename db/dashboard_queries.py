@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import case, func, select
+from sqlalchemy import Case, case, func, select
 from sqlalchemy.orm import Session
 
 from common.protocol import Calibration, ErrorKind, JobPublic, JobStatus, TaskPublic
@@ -130,8 +131,9 @@ class WorkloadRow(BaseModel):
 
 # --- error kinds ----------------------------------------------------------------
 
-# The stored error is "<stage>: <reason>" (workers/sandbox.py); its stage says the kind.
-# Most specific prefix first; anything else failed before running, i.e. a build error.
+# Measurements store the error message, not its kind. The message is "<stage>: <reason>"
+# (workers/sandbox.py, workers/measure.py), and the stage says the kind. Most specific prefix
+# first; anything else failed before running, i.e. a build error.
 _KIND_PREFIXES: tuple[tuple[str, ErrorKind], ...] = (
     ("build: cannot run here", ErrorKind.unsupported),
     ("wrong output", ErrorKind.wrong_output),
@@ -142,7 +144,7 @@ _KIND_PREFIXES: tuple[tuple[str, ErrorKind], ...] = (
 )
 
 
-def _error_kind_sql():  # type: ignore[no-untyped-def]
+def _error_kind_sql() -> Case[Any]:
     """The error kind of a measurement as an SQL expression (NULL for valid ones)."""
     whens = [(Measurement.error.like(prefix + "%"), kind.value) for prefix, kind in _KIND_PREFIXES]
     return case((Measurement.error.is_(None), None), *whens, else_=ErrorKind.build.value)
@@ -245,10 +247,11 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
         if improved or n in (1, len(rows)):  # a step function: its corners and its ends say it all
             total = None if None in best else sum(w * b for w, b in zip(weights, best))  # type: ignore[misc]
             curve.append(CurvePoint(n=n, at_s=at, task_best_s=list(best), est_total_s=total))
-        trials.append(Trial(
-            n=n, candidate_id=r.candidate_id, task_id=r.task_id, worker_id=r.worker_id, latency_s=r.mean_secs,
-            error_kind=error_kind(r.error), error=r.error, flagged=r.flagged, at_s=at,
-        ))
+        if n > len(rows) - MAX_TRIALS:
+            trials.append(Trial(
+                n=n, candidate_id=r.candidate_id, task_id=r.task_id, worker_id=r.worker_id, latency_s=r.mean_secs,
+                error_kind=error_kind(r.error), error=r.error, flagged=r.flagged, at_s=at,
+            ))
     tasks = []
     for t in job.tasks:
         f, b = first.get(t.id), t.best_latency_s
@@ -258,7 +261,7 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
             speedup=f / b if f and b else None,
             share=t.weight * b / row.est_total_s if b and row.est_total_s else None,
         ))
-    return JobDetail(job=row, tasks=tasks, curve=curve, trials=trials[::-1][:MAX_TRIALS])
+    return JobDetail(job=row, tasks=tasks, curve=curve, trials=trials[::-1])
 
 
 # --- workers --------------------------------------------------------------------

@@ -33,7 +33,7 @@ def _job_with_tasks(s: Session, *, trials: int = 10, status: JobStatus = JobStat
     return job, a, b, worker
 
 
-def test_job_curves_totals_and_eta(session_factory: sessionmaker[Session]) -> None:
+def test_job_curves_totals_and_eta(session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
     with session_scope(session_factory) as s:
         job, a, b, worker = _job_with_tasks(s)
         job.started_at = db_now(s) - timedelta(seconds=100)
@@ -54,6 +54,10 @@ def test_job_curves_totals_and_eta(session_factory: sessionmaker[Session]) -> No
     assert detail.tasks[0].first_latency_s == 4e-3 and detail.tasks[0].speedup == pytest.approx(4 / 3)
     assert detail.tasks[0].share == pytest.approx(6 / 8)
     assert [t.n for t in detail.trials] == [5, 4, 3, 2, 1]  # newest first
+    monkeypatch.setattr(q, "MAX_TRIALS", 2)
+    with session_scope(session_factory) as s:
+        capped = q.job_detail(s, job_id=job_id)
+    assert [t.n for t in capped.trials] == [5, 4] and capped.curve == detail.curve  # curves still see every trial
     assert detail.trials[2].error_kind is ErrorKind.timeout and detail.trials[2].latency_s is None
     row = detail.job
     assert (row.trials_done, row.tasks_tuned, row.progress) == (5, 2, 0.5)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Seeded
+from dashboard_seed import Seeded
 
 pytestmark = pytest.mark.slow  # real TVM builds and timed runs seed the data
 
@@ -95,6 +95,12 @@ def test_every_page_shows_the_api_numbers(seeded: Seeded, browser: Any, tmp_path
     running = api_jobs[seeded.running_job]
     assert running["status"] == "running" and float(_value(page, "jobs", seeded.running_job, "eta_s")) > 0
     _shot(page, tmp_path, "jobs")
+    # Live: a new result shows up without a reload.
+    seeded.add_running_trial()
+    page.wait_for_selector(f'#jobs tr[data-id="{seeded.running_job}"] td[data-field="trials_done"]'
+                           f'[data-value="{running["trials_done"] + 1}"]', timeout=WAIT_MS)
+    running = live.admin.get(f"/jobs/{seeded.running_job}").json()
+    assert _cell(page, "jobs", seeded.running_job, "trials_done").inner_text() == f"{running['trials_done']} / 8"
 
     # One job: per-task numbers, both plots drawn, the trial table and its filter.
     _open(page, f"{base}/dashboard/jobs/{seeded.done_job}")

@@ -25,7 +25,7 @@
     },
     pct(x) { return x === null || x === undefined ? "—" : (100 * x).toFixed(1) + " %"; },
     ratio(x, digits = 2) { return x === null || x === undefined ? "—" : x.toFixed(digits); },
-    gflop(flops) { return flops ? (flops / 1e9).toFixed(3) : "—"; },
+    gflop(flops) { return flops ? (flops / 1e9).toPrecision(3) : "—"; },
   };
 
   // --- DOM helpers -----------------------------------------------------------------
