@@ -28,6 +28,7 @@ import common
 from db.tokens import ensure_token
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.migrate import upgrade
+from service import dashboard
 from service.errors import install_error_handlers
 from service.limits import ConcurrencyLimit
 from service.routes import configs, health, jobs, leases, models, tokens, workers
@@ -100,4 +101,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, tokens, models, jobs, workers, leases, configs):
         api.include_router(module.router)
     app.include_router(api)
+    dashboard.install(app)
     return app
