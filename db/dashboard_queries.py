@@ -2,7 +2,7 @@
 
 Each function takes an open session, only reads, and returns plain pydantic
 views (no ORM object leaves db/), so the service can serve them as JSON as they
-are. Progress and "best" come from the catalog's own queries (``list_jobs``,
+are. Progress and "best" come from db.jobs and db.ranking (``list_jobs``,
 ``best_records``); what is new here is history (curves, trials), per-worker
 statistics and the per-target workload table.
 
@@ -20,8 +20,9 @@ from sqlalchemy import Case, case, func, select
 from sqlalchemy.orm import Session
 
 from common.protocol import Calibration, ErrorKind, JobPublic, JobStatus, TaskPublic
-from db import catalog
-from db.engine import db_now
+from db import jobs as job_views
+from db.ranking import best_records
+from db.engine import as_utc, db_now
 from db.models import Candidate, Job, Measurement, Model, Task, Worker, Workload
 
 THROUGHPUT_WINDOW = timedelta(minutes=10)
@@ -61,7 +62,6 @@ class TaskRow(TaskPublic):
 
     first_latency_s: float | None  # the task's first valid measurement in this job
     speedup: float | None  # first / best
-    share: float | None  # weight x best as a fraction of the job's estimated total
 
 
 class Trial(BaseModel):
@@ -131,37 +131,28 @@ class WorkloadRow(BaseModel):
 
 # --- error kinds ----------------------------------------------------------------
 
-# Measurements store the error message, not its kind. The message is "<stage>: <reason>"
-# (workers/sandbox.py, workers/measure.py), and the stage says the kind. Most specific prefix
-# first; anything else failed before running, i.e. a build error.
-_KIND_PREFIXES: tuple[tuple[str, ErrorKind], ...] = (
-    ("build: cannot run here", ErrorKind.unsupported),
-    ("wrong output", ErrorKind.wrong_output),
-    ("timeout", ErrorKind.timeout),
-    ("sandbox crashed", ErrorKind.crash),
-    ("run:", ErrorKind.run),
-    ("reference run:", ErrorKind.run),
-)
-
 
 def _error_kind_sql() -> Case[Any]:
-    """The error kind of a measurement as an SQL expression (NULL for valid ones)."""
-    whens = [(Measurement.error.like(prefix + "%"), kind.value) for prefix, kind in _KIND_PREFIXES]
-    return case((Measurement.error.is_(None), None), *whens, else_=ErrorKind.build.value)
+    """A measurement's error kind as the worker classified it (NULL for valid ones).
+
+    Rows stored before ``measurements.error_kind`` existed have none: they count as build errors,
+    the stage where most failures happen.
+    """
+    return case((Measurement.error.is_(None), None), else_=func.coalesce(Measurement.error_kind, ErrorKind.build.value))
 
 
-def error_kind(message: str | None) -> ErrorKind | None:
-    """The same classification in Python, for rows already read."""
-    if message is None:
-        return None
-    return next((kind for prefix, kind in _KIND_PREFIXES if message.startswith(prefix)), ErrorKind.build)
+def _kind(error: str | None, stored: str | None) -> ErrorKind | None:
+    return None if error is None else ErrorKind(stored or ErrorKind.build.value)
 
 
 # --- jobs -----------------------------------------------------------------------
 
 
 def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
-    return None if later is None or earlier is None else max((later - earlier).total_seconds(), 0.0)
+    """Seconds between two timestamps, stored (naive UTC) or from the wire (aware)."""
+    if later is None or earlier is None:
+        return None
+    return max((as_utc(later) - as_utc(earlier)).total_seconds(), 0.0)
 
 
 def _est_total(tasks: list[TaskPublic]) -> float | None:
@@ -204,7 +195,7 @@ def _model_names(session: Session, ids: set[int]) -> dict[int, str]:
 
 def jobs_overview(session: Session, *, status: JobStatus | None = None, limit: int = 200) -> list[JobRow]:
     """Newest jobs first with progress, ETA and the estimated model latency."""
-    jobs = catalog.list_jobs(session, status=status, limit=limit)
+    jobs = job_views.list_jobs(session, status=status, limit=limit)
     names = _model_names(session, {j.model_id for j in jobs})
     now = db_now(session)
     return [_job_row(j, names.get(j.model_id, "?"), now) for j in jobs]
@@ -212,7 +203,7 @@ def jobs_overview(session: Session, *, status: JobStatus | None = None, limit: i
 
 def job_detail(session: Session, *, job_id: int) -> JobDetail:
     """One job: its tasks, its tuning curves and its trials; NotFound names the id."""
-    job = catalog.job_public(session, job_id=job_id)
+    job = job_views.job_public(session, job_id=job_id)
     names = _model_names(session, {job.model_id})
     row = _job_row(job, names.get(job.model_id, "?"), db_now(session))
     rows = session.execute(
@@ -221,6 +212,7 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
             Measurement.worker_id,
             Measurement.mean_secs,
             Measurement.error,
+            Measurement.error_kind,
             Measurement.flagged,
             Measurement.created_at,
             Candidate.task_id,
@@ -250,16 +242,17 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
         if n > len(rows) - MAX_TRIALS:
             trials.append(Trial(
                 n=n, candidate_id=r.candidate_id, task_id=r.task_id, worker_id=r.worker_id, latency_s=r.mean_secs,
-                error_kind=error_kind(r.error), error=r.error, flagged=r.flagged, at_s=at,
+                error_kind=_kind(r.error, r.error_kind), error=r.error, flagged=r.flagged, at_s=at,
             ))
     tasks = []
     for t in job.tasks:
         f, b = first.get(t.id), t.best_latency_s
+        measured_share = t.weight * b / row.est_total_s if b and row.est_total_s else None
         tasks.append(TaskRow(
-            **t.model_dump(),
+            **t.model_dump(exclude={"share"}),
             first_latency_s=f,
             speedup=f / b if f and b else None,
-            share=t.weight * b / row.est_total_s if b and row.est_total_s else None,
+            share=t.share if t.share is not None else measured_share,  # the scheduler's, when it recorded one
         ))
     return JobDetail(job=row, tasks=tasks, curve=curve, trials=trials[::-1])
 
@@ -324,7 +317,7 @@ def targets(session: Session) -> list[str]:
 
 
 def workloads_for_target(session: Session, *, target_key: str) -> list[WorkloadRow]:
-    """Workloads measured or queued on ``target_key``: best config (the catalog's ranking), users, counts."""
+    """Workloads measured or queued on ``target_key``: best config (db.ranking), users, counts."""
     stats = {
         r.workload_id: r
         for r in session.execute(
@@ -348,7 +341,7 @@ def workloads_for_target(session: Session, *, target_key: str) -> list[WorkloadR
     ids = set(stats) | set(users)
     if not ids:
         return []
-    best = {b.workload_id: b for b in catalog.best_records(session, target_key=target_key, workload_ids=ids)}
+    best = {b.workload_id: b for b in best_records(session, target_key=target_key, workload_ids=ids)}
     out = []
     for w in session.execute(
         select(Workload.id, Workload.shash, Workload.family, Workload.flops).where(Workload.id.in_(ids)).order_by(Workload.id)

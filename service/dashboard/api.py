@@ -1,7 +1,7 @@
 """The dashboard's JSON endpoints under ``/dashboard/api``: what its pages poll for live updates.
 
 Read-only views from ``db.dashboard_queries``; the numbers the public API also
-serves (progress, best latency per task) come from the same catalog queries, so
+serves (progress, best latency per task) come from the same db queries (db.jobs, db.ranking), so
 the two never disagree. Admin and user tokens, by cookie or Bearer header.
 """
 

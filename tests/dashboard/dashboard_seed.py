@@ -105,14 +105,15 @@ def seeded_service(data_dir: Path) -> Iterator[Seeded]:
             for i, (n, trace) in enumerate(order):
                 r = by_id[i + 1]
                 m = factories.add_measurement(s, task=tasks[n], worker=worker, trace_json=trace,
-                                              run_secs=r.run_secs, error=r.error, flagged=r.flagged)
+                                              run_secs=r.run_secs, error=r.error, flagged=r.flagged,
+                                              error_kind=r.error_kind)
                 m.created_at = done.started_at + timedelta(seconds=15 * (i + 1))
             run = factories.add_job(s, model=cnn, target=CPU_TARGET, trials=8, status=JobStatus.running)
             run.started_at = now - timedelta(seconds=30)
             shared = factories.add_task(s, job=run, workload=wl[64], name="matmul64", weight=3)
             first = by_id[1]
             factories.add_measurement(s, task=shared, worker=worker, trace_json=order[0][1],
-                                      run_secs=first.run_secs, error=first.error)
+                                      run_secs=first.run_secs, error=first.error, error_kind=first.error_kind)
             ids = (done.id, run.id, worker.id, idle.id)
             models, running_task = {mlp.id: "mlp", cnn.id: "cnn"}, shared.id
         errors = {"wrong_output": 1, "build": 1}  # the transposed layout, the trace that does not apply

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.protocol import Calibration, ErrorKind, JobStatus
-from db import catalog
+from db import jobs as job_views
+from db.ranking import best_records
 from db import dashboard_queries as q
 from db.engine import db_now, session_scope
 
@@ -38,13 +39,14 @@ def test_job_curves_totals_and_eta(session_factory: sessionmaker[Session], monke
         job, a, b, worker = _job_with_tasks(s)
         job.started_at = db_now(s) - timedelta(seconds=100)
         for secs, task in ((4e-3, a), (3e-3, a), (None, b), (2e-3, b), (5e-3, a)):
-            m = factories.add_measurement(s, task=task, worker=worker, trace_json="[]",
-                                          run_secs=[secs] if secs else None, error=None if secs else "timeout: 10 s")
+            m = factories.add_measurement(s, task=task, worker=worker, trace_json="[[], []]",
+                                          run_secs=[secs] if secs else None, error=None if secs else "timeout: 10 s",
+                                          error_kind=None if secs else ErrorKind.timeout)
             m.created_at = job.started_at + timedelta(seconds=10 * m.id)
         job_id = job.id
     with session_scope(session_factory) as s:
         detail = q.job_detail(s, job_id=job_id)
-        api = catalog.job_public(s, job_id=job_id)
+        api = job_views.job_public(s, job_id=job_id)
     assert [t.best_latency_s for t in detail.tasks] == [t.best_latency_s for t in api.tasks] == [3e-3, 2e-3]
     # Points where a best improved, plus the last trial (an error at 3 and a slower 5e-3 at 5 change nothing).
     assert [p.n for p in detail.curve] == [1, 2, 4, 5]
@@ -71,7 +73,7 @@ def test_jobs_overview_filters_and_eta_only_while_running(session_factory: sessi
         queued, *_ = _job_with_tasks(s, status=JobStatus.queued)
         done, a, _b, worker = _job_with_tasks(s, status=JobStatus.done)
         done.started_at, done.finished_at = db_now(s) - timedelta(seconds=50), db_now(s) - timedelta(seconds=20)
-        factories.add_measurement(s, task=a, worker=worker, trace_json="[]", run_secs=[1e-3])
+        factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", run_secs=[1e-3])
         ids = queued.id, done.id
     with session_scope(session_factory) as s:
         rows = {r.id: r for r in q.jobs_overview(s)}
@@ -88,10 +90,10 @@ def test_workers_error_kinds_throughput_and_calibration(session_factory: session
         idle = factories.add_worker(s, target_key=job.target_key, name="idle")
         idle.calibration_json = Calibration(status="degraded", ratio=1.8, samples=3).model_dump_json()
         for message in ERRORS:
-            factories.add_measurement(s, task=a, worker=worker, trace_json="[]", error=message)
+            factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", error=message, error_kind=ERRORS[message])
         for _ in range(2):
-            factories.add_measurement(s, task=a, worker=worker, trace_json="[]", run_secs=[1e-3])
-        old = factories.add_measurement(s, task=a, worker=worker, trace_json="[]", run_secs=[2e-3])
+            factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", run_secs=[1e-3])
+        old = factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", run_secs=[2e-3])
         old.created_at = db_now(s) - q.THROUGHPUT_WINDOW - timedelta(minutes=1)
         ids = worker.id, idle.id
     with session_scope(session_factory) as s:
@@ -99,7 +101,6 @@ def test_workers_error_kinds_throughput_and_calibration(session_factory: session
     busy, quiet = rows[ids[0]], rows[ids[1]]
     expected: dict[ErrorKind, int] = {}
     for message, kind in ERRORS.items():
-        assert q.error_kind(message) is kind  # the Python twin agrees with the SQL below
         expected[kind] = expected.get(kind, 0) + 1
     assert busy.errors == expected
     assert (busy.measurements, busy.valid) == (len(ERRORS) + 3, 3)
@@ -116,12 +117,12 @@ def test_workloads_per_target_use_the_catalog_best(session_factory: sessionmaker
         other = factories.add_job(s, model=factories.add_model(s, name="zeta"), trials=4)
         factories.add_task(s, job=other, workload=a.workload, name="a")
         for secs in (3e-3, 1e-3):
-            factories.add_measurement(s, task=a, worker=worker, trace_json="[]", run_secs=[secs])
-        factories.add_measurement(s, task=a, worker=worker, trace_json="[]", error="build: nope")
+            factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", run_secs=[secs])
+        factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", error="build: nope")
         key, wa, wb = job.target_key, a.workload_id, b.workload_id
     with session_scope(session_factory) as s:
         rows = {r.id: r for r in q.workloads_for_target(s, target_key=key)}
-        best = {r.workload_id: r for r in catalog.best_records(s, target_key=key, workload_ids=[wa, wb])}
+        best = {r.workload_id: r for r in best_records(s, target_key=key, workload_ids=[wa, wb])}
         assert q.targets(s) == [key]
         assert q.workloads_for_target(s, target_key="no-such-target") == []
     assert set(rows) == {wa, wb}
