@@ -61,7 +61,7 @@ from typing import Any
 
 from common.protocol import Calibration
 from workers.sandbox_client import Sandbox, SandboxStartError
-from workers.timing import CpuLoad
+from workers.interference import InterferencePolicy, ProcStatLoad
 
 log = logging.getLogger("workers.measure")
 
@@ -138,6 +138,35 @@ class Calibrator:
 
     def failed(self, reason: str) -> None:
         self.detail = reason
+
+    def record(self, reply: dict[str, Any] | None, *, disturbed: bool) -> bool:
+        """Count one ``calibrate`` reply; False when it is not counted.
+
+        Not counted: an interrupted one (None), a failed one (its error becomes the
+        detail) and a disturbed one: other processes on our CPUs say nothing about this
+        machine's own speed, and such a sample would flag every result until the next.
+        """
+        if reply is None:
+            return False
+        if reply.get("error"):
+            log.warning("calibration failed: %s", reply["error"])
+            self.failed(str(reply["error"])[:500])
+            return False
+        if disturbed:
+            log.info("calibration disturbed (other processes used %.0f %% of our CPUs): not counted",
+                     100 * float(reply.get("others_busy") or 0))
+            return False
+        self.add(float(reply["secs"]))
+        snap = self.snapshot()
+        log.log(
+            logging.WARNING if snap.status == "degraded" else logging.INFO,
+            "calibration %.4g ms (baseline %.4g ms, ratio %.2f): %s",
+            float(reply["secs"]) * 1e3,
+            (snap.baseline_s or 0) * 1e3,
+            snap.ratio or 1.0,
+            snap.status,
+        )
+        return True
 
     @property
     def ratio(self) -> float | None:
@@ -287,12 +316,16 @@ class Measurer:
         interference_tolerance: float = 0.2,
         interference_retries: int = 2,
         quiet_wait_s: float = 10.0,
+        interference: InterferencePolicy | None = None,
     ):
         self.target = dict(target)
-        self.interference_tolerance = interference_tolerance
-        self.interference_retries = max(0, int(interference_retries))
-        self.quiet_wait_s = quiet_wait_s
         self.cpus = list(cpus) if cpus else None
+        self.interference = interference or InterferencePolicy(
+            tolerance=interference_tolerance,
+            retries=interference_retries,
+            quiet_wait_s=quiet_wait_s,
+            load=ProcStatLoad(self.cpus),
+        )
         self.kind = str(self.target["kind"])
         self.build_workers = max(0, int(build_workers))
         self.build_timeout_s = build_timeout_s
@@ -361,36 +394,16 @@ class Measurer:
 
     # --- calibration -----------------------------------------------------------------
 
-    def calibrate(self) -> None:
-        """Time the calibration kernel once; a failure leaves the status unknown, never raises."""
-        reply = self._call_undisturbed({"op": "calibrate", "target": self.target}, self.run_timeout_s)
-        self._last_calibration = time.monotonic()
-        if reply.get("interrupted"):
-            return
-        if reply.get("error"):
-            log.warning("calibration failed: %s", reply["error"])
-            self.calibrator.failed(str(reply["error"])[:500])
-            return
-        if self._disturbed(reply):
-            # Other processes on our CPUs say nothing about this machine's own speed (throttling,
-            # a power profile): such a sample would flag every result until the next calibration.
-            log.info("calibration disturbed (other processes used %.0f %% of our CPUs): not counted",
-                     100 * float(reply["others_busy"]))
-            return
-        self.calibrator.add(float(reply["secs"]))
-        snap = self.calibrator.snapshot()
-        level = logging.WARNING if snap.status == "degraded" else logging.INFO
-        log.log(
-            level,
-            "calibration %.4g ms (baseline %.4g ms, ratio %.2f): %s",
-            float(reply["secs"]) * 1e3,
-            (snap.baseline_s or 0) * 1e3,
-            snap.ratio or 1.0,
-            snap.status,
-        )
+    def calibrate(self) -> bool:
+        """Time the calibration kernel (retried while disturbed); True when the sample counted.
+        A failure leaves the status unknown, never raises."""
+        request = {"op": "calibrate", "target": self.target}
+        reply = self.interference.least_disturbed(lambda again: self._call(request, self.run_timeout_s), self._stop)
+        self._last_calibration = self.interference.clock()
+        return self.calibrator.record(reply, disturbed=reply is not None and self.interference.disturbed_reply(reply))
 
     def _calibrate_if_stale(self) -> None:
-        if self.calibrate_every_s > 0 and time.monotonic() - self._last_calibration >= self.calibrate_every_s:
+        if self.calibrate_every_s > 0 and self.interference.clock() - self._last_calibration >= self.calibrate_every_s:
             self.calibrate()
 
     # --- one batch ---------------------------------------------------------------------
@@ -454,8 +467,11 @@ class Measurer:
                 device_binaries=built.get("device_binaries") or [],
             )
             timeout = self.run_timeout_s * (1 if self.runner.knows(item.workload_hash) else 2)
-            reply = self._call_undisturbed(req, timeout, retry={**req, "check": False})  # checked once is enough
-            if reply.get("interrupted"):
+            retry = {**req, "check": False}  # checked once is enough
+            reply = self.interference.least_disturbed(
+                lambda again: self._call(retry if again else req, timeout), self._stop
+            )
+            if reply is None:
                 return None
             if "t_start" in reply:
                 self.timeline.append(("run", float(reply["t_start"]), float(reply["t_end"])))
@@ -463,41 +479,10 @@ class Measurer:
         finally:
             self._remove(built)
 
-    def _call_undisturbed(
-        self, request: dict[str, Any], timeout: float, retry: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """The runner's reply to ``request``; while it was disturbed, wait for quiet CPUs and send
-        ``retry`` (default: the same request) again, up to ``interference_retries`` times.
-
-        Returns the least disturbed successful attempt, or an interrupted reply.
-        """
+    def _call(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """The runner's reply, None when the sandbox was closed under it."""
         reply = self.runner.call(request, timeout)
-        for _ in range(self.interference_retries):
-            if reply.get("interrupted") or reply.get("error") or not self._disturbed(reply):
-                break
-            self._wait_quiet()
-            again = self.runner.call(retry or request, timeout)
-            if again.get("interrupted"):
-                return again
-            if not again.get("error") and float(again.get("others_busy") or 0) < float(reply.get("others_busy") or 0):
-                reply = again
-        return reply
-
-    def _disturbed(self, reply: dict[str, Any]) -> bool:
-        others = reply.get("others_busy")
-        return others is not None and float(others) > self.interference_tolerance
-
-    def _wait_quiet(self) -> bool:
-        """Wait until other processes use at most the tolerance of our CPUs (True), or ``quiet_wait_s`` passed."""
-        deadline = time.monotonic() + self.quiet_wait_s
-        while not self._stop.is_set():
-            with CpuLoad(self.cpus) as load:
-                self._stop.wait(0.2)
-            if load.others is None or load.others <= self.interference_tolerance:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-        return False
+        return None if reply.get("interrupted") else reply
 
     def _measure_in_runner(self, items: Sequence[Item], report: Report) -> None:
         self._calibrate_if_stale()
@@ -532,7 +517,7 @@ class Measurer:
         if not isinstance(run_secs, list) or not run_secs:
             return ItemResult(item.candidate_id, error=f"sandbox protocol error: no run_secs in {reply!r}"[:500])
         others = reply.get("others_busy")
-        disturbed = self._disturbed(reply)
+        disturbed = self.interference.disturbed_reply(reply)
         return ItemResult(
             item.candidate_id,
             run_secs=[float(s) for s in run_secs],

@@ -178,6 +178,7 @@ class Sandbox:
         self._seq = 0
         self.starts = 0  # processes started so far (for logs and tests)
         self.ready: dict[str, Any] = {}  # the last process's ready line (pid, tvm, cpus)
+        self.in_flight: str | None = None  # the op of the request being answered now (observable by tests)
 
     # --- public -------------------------------------------------------------
 
@@ -224,50 +225,57 @@ class Sandbox:
         closed under the request answers ``{"error": "sandbox closed", "interrupted": True}``.
         Raises ``SandboxStartError`` only when no process can be started.
         """
-        closed = {"error": "sandbox closed", "interrupted": True}
         with self._io:
+            self.in_flight = str(request.get("op") or "measure")
+            try:
+                return self._call_locked(request, timeout_s)
+            finally:
+                self.in_flight = None
+
+    def _call_locked(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        closed = {"error": "sandbox closed", "interrupted": True}
+        if self._closed.is_set():
+            return closed
+        try:
+            proc = self._ensure()
+        except SandboxStartError:
             if self._closed.is_set():
                 return closed
-            try:
-                proc = self._ensure()
-            except SandboxStartError:
-                if self._closed.is_set():
-                    return closed
-                raise
-            msg = dict(request)
-            key = str(msg.get("workload_hash") or "")
-            if key in proc.known:
-                msg.pop("mod_json", None)
-            deadline = time.monotonic() + timeout_s
-            try:
+            raise
+        msg = dict(request)
+        key = str(msg.get("workload_hash") or "")
+        if key in proc.known:
+            msg.pop("mod_json", None)
+        deadline = time.monotonic() + timeout_s
+        try:
+            reply = self._exchange(proc, msg, deadline)
+            if reply is not None and reply.get("missing_workload") and request.get("mod_json"):
+                msg["mod_json"] = request["mod_json"]  # the process lost or never had it
                 reply = self._exchange(proc, msg, deadline)
-                if reply is not None and reply.get("missing_workload") and request.get("mod_json"):
-                    msg["mod_json"] = request["mod_json"]  # the process lost or never had it
-                    reply = self._exchange(proc, msg, deadline)
-            except _Died:
-                reason = proc.reap()
-                self._proc = None
-                if self._closed.is_set():
-                    return closed
-                words = proc.last_words()
-                log.warning("%s %d crashed (%s): %s", self.name, proc.popen.pid, reason, words)
-                return {"error": f"sandbox crashed: {reason}" + (f"; last output: {words}" if words else "")}
-            if reply is None:
-                proc.kill()
-                proc.reap()
-                self._proc = None
-                if self._closed.is_set():
-                    return closed
-                log.warning("%s %d timed out after %g s; killed", self.name, proc.popen.pid, timeout_s)
-                return {"error": f"timeout: no result after {timeout_s:g} s"}
-            if msg.get("mod_json") and key:
-                proc.known.add(key)
-            if reply.get("_protocol") or reply.get("id") != msg["id"]:
-                proc.kill()
-                proc.reap()
-                self._proc = None
-                return {"error": str(reply.get("error") or f"sandbox protocol error: reply {reply!r} to {msg['id']}")}
-            return reply
+        except _Died:
+            reason = proc.reap()
+            self._proc = None
+            if self._closed.is_set():
+                return closed
+            words = proc.last_words()
+            log.warning("%s %d crashed (%s): %s", self.name, proc.popen.pid, reason, words)
+            return {"error": f"sandbox crashed: {reason}" + (f"; last output: {words}" if words else "")}
+        if reply is None:
+            proc.kill()
+            proc.reap()
+            self._proc = None
+            if self._closed.is_set():
+                return closed
+            log.warning("%s %d timed out after %g s; killed", self.name, proc.popen.pid, timeout_s)
+            return {"error": f"timeout: no result after {timeout_s:g} s"}
+        if msg.get("mod_json") and key:
+            proc.known.add(key)
+        if reply.get("_protocol") or reply.get("id") != msg["id"]:
+            proc.kill()
+            proc.reap()
+            self._proc = None
+            return {"error": str(reply.get("error") or f"sandbox protocol error: reply {reply!r} to {msg['id']}")}
+        return reply
 
     def interrupt(self) -> None:
         """Kill the process without waiting: a ``measure`` in flight returns ``interrupted``.

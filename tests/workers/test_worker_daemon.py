@@ -9,6 +9,7 @@ Measurements are real (real sandbox, real TVM).
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from common import errors
+from tests_support import wait_for
 from workers.daemon import WorkerDaemon
 from workers.fleet import WorkerFleet
 from workers.measure import Timing
@@ -130,13 +132,6 @@ def start(daemon: WorkerDaemon) -> tuple[threading.Thread, list[BaseException]]:
     return thread, raised
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def make_daemon(url: str, workload: dict[str, Any], **kw: Any) -> WorkerDaemon:
     timing = {k: kw.pop(k) for k in ("number", "repeat", "min_repeat_ms", "warmup", "cache_flush") if k in kw}
     timing.setdefault("min_repeat_ms", 0)
@@ -155,7 +150,7 @@ def test_batch_measured_and_reported_after_outages(service: FakeService, workloa
     service.routes["leases/heartbeat"] = heartbeat_ok
     daemon = make_daemon(service.url, workload, repeat=2, heartbeat_s=0.05)
     thread, raised = start(daemon)
-    wait_for(lambda: len(service.calls("/results")) == 2)
+    wait_for(lambda: len(service.calls("/results")) == 2, timeout_s=120, what="two reports")
     daemon.stop()
     thread.join(timeout=30)
     assert not thread.is_alive() and not raised
@@ -170,18 +165,21 @@ def test_batch_measured_and_reported_after_outages(service: FakeService, workloa
     assert bad["candidate_id"] == 101 and bad["run_secs"] is None and bad["error"].startswith("apply trace:")
     assert all(body["worker_id"] == 7 for body in service.calls("/results"))
     first, second = (body["calibration"] for body in service.calls("/results"))
-    assert first["status"] == "ok" and first["samples"] >= 1 and first["baseline_s"] > 0
+    # The start calibration counted (ok) or, on a busy machine, was too disturbed to count (unknown).
+    assert (first["status"], first["samples"]) in (("ok", 1), ("unknown", 0)), first
+    assert first["status"] == "unknown" or first["baseline_s"] > 0
     assert second is None  # unchanged since the last report: not sent again
-    assert isinstance(good["flagged"], bool)  # True when other processes shared its cores (machine-dependent)
     assert service.calls("/heartbeat")  # beat while measuring (first candidate builds a reference)
     assert not service.calls("/release")  # nothing left to hand back
 
 
-def test_unreachable_service_is_retried_until_stop(workload: dict[str, Any]) -> None:
+def test_unreachable_service_is_retried_until_stop(workload: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="workers")
     daemon = make_daemon("http://127.0.0.1:9", workload)  # discard port: connection refused
     thread, raised = start(daemon)
-    time.sleep(0.5)
-    assert thread.is_alive()  # still retrying, not crashed
+    retries = lambda: [r for r in caplog.records if "retrying in" in r.getMessage()]  # noqa: E731
+    wait_for(lambda: len(retries()) >= 3, timeout_s=60, poll_s=0.02, what="three retries")
+    assert thread.is_alive() and not raised  # still retrying, not crashed
     daemon.stop()
     daemon.stop()  # idempotent
     thread.join(timeout=10)
@@ -205,7 +203,8 @@ def test_lost_lease_abandons_the_batch(service: FakeService, workload: dict[str,
     service.routes["leases/heartbeat"] = lambda p, b: (409, {"error": "lease_lost", "detail": "lease 3 expired"})
     daemon = make_daemon(service.url, workload, heartbeat_s=0.01)
     thread, raised = start(daemon)
-    wait_for(lambda: bool(service.calls("/heartbeat")) and len(service.calls("/leases")) >= 2)
+    wait_for(lambda: bool(service.calls("/heartbeat")) and len(service.calls("/leases")) >= 2,
+             timeout_s=120, poll_s=0.02, what="a lost heartbeat and the next lease")
     daemon.stop()
     thread.join(timeout=30)
     assert not raised
@@ -221,10 +220,11 @@ def test_stop_mid_batch_releases_the_rest(service: FakeService, workload: dict[s
     service.routes["leases/release"] = lambda p, b: (200, {"released": 3})
     # A minute per timing run: the first candidate is still being timed when we stop.
     daemon = make_daemon(service.url, workload, min_repeat_ms=60_000, heartbeat_s=0.05)
-    daemon.measurer.start()  # so that the sleep below is spent measuring, not starting
+    daemon.measurer.start()  # started here, so the waits below are spent measuring
     thread, raised = start(daemon)
-    wait_for(lambda: len(service.calls("/heartbeat")) >= 2)
-    time.sleep(2)  # reference and check done: now inside the one-minute timing
+    # The runner is answering the candidate's run request (check, then the one-minute timing).
+    wait_for(lambda: daemon.measurer.runner.in_flight == "run", timeout_s=120, poll_s=0.02, what="the run in flight")
+    wait_for(lambda: len(service.calls("/heartbeat")) >= 2, timeout_s=60, poll_s=0.02, what="heartbeats")
     stopped_at = time.monotonic()
     daemon.stop()
     thread.join(timeout=30)
@@ -243,7 +243,8 @@ def test_fleet_runs_a_daemon_per_device_and_a_failure_stops_all(service: FakeSer
     raised: list[BaseException] = []
     thread = threading.Thread(target=lambda: _run_catching(fleet.run, raised), name="fleet-under-test", daemon=True)
     thread.start()
-    wait_for(lambda: {b["worker_id"] for b in service.calls("/leases")} == {1, 2})  # each leases as itself
+    wait_for(lambda: {b["worker_id"] for b in service.calls("/leases")} == {1, 2},
+             timeout_s=120, poll_s=0.02, what="both devices leasing")  # each leases as itself
     assert sorted(b["name"] for b in service.calls("/workers")) == ["lab-cuda0", "lab-cuda1"]
     fleet.stop()
     thread.join(timeout=30)
