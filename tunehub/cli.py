@@ -161,7 +161,7 @@ def worker(
     from common.errors import BadInput
     from workers.detect import parse_cpu_list
     from workers.fleet import WorkerFleet, daemons_for, plan_devices
-    from workers.measure import Timing
+    from workers.timing import Timing
 
     setup_logging()
     settings = get_settings()

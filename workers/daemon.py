@@ -43,7 +43,8 @@ from workers.detect import (
     host_arch,
     runs_here,
 )
-from workers.measure import Item, ItemResult, Measurer, Timing
+from workers.measure import Item, ItemResult, Measurer
+from workers.timing import Timing
 from workers.sandbox_client import SandboxStartError
 
 log = logging.getLogger("workers.daemon")

@@ -9,7 +9,7 @@ from worker_helpers import FakeClock as Clock
 from worker_helpers import ScriptedLoad
 
 from workers.interference import InterferencePolicy
-from workers.measure import Calibrator
+from workers.calibration import Calibrator
 
 
 class ScriptedRunner:

@@ -14,7 +14,9 @@ from worker_helpers import FakeClock, ScriptedLoad, transposed_b_trace
 
 from workers.detect import available_cores
 from workers.interference import InterferencePolicy, ProcStatLoad
-from workers.measure import Calibrator, Item, ItemResult, Measurer, Timing
+from workers.calibration import Calibrator
+from workers.measure import Item, ItemResult, Measurer
+from workers.timing import Timing
 
 FAST = Timing(number=1, repeat=2, min_repeat_ms=0, warmup=1, cache_flush=True)
 

@@ -24,7 +24,7 @@ from common import errors
 from tests_support import wait_for
 from workers.daemon import WorkerDaemon
 from workers.fleet import WorkerFleet
-from workers.measure import Timing
+from workers.timing import Timing
 
 Reply = tuple[int, dict[str, Any]]
 
