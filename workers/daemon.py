@@ -43,7 +43,7 @@ from workers.detect import (
     host_arch,
     runs_here,
 )
-from workers.measure import Item, ItemResult, Measurer
+from workers.measure import Item, Measurer
 from workers.timing import Timing
 from workers.sandbox_client import SandboxStartError
 
@@ -272,7 +272,7 @@ class WorkerDaemon:
         remaining = {c.id for c in lease.candidates}
         errors_seen = 0
 
-        def report(results: list[ItemResult]) -> bool:
+        def report(results: list[CandidateResult]) -> bool:
             nonlocal errors_seen
             if lost.is_set():
                 return False
@@ -281,10 +281,7 @@ class WorkerDaemon:
             calibration = self.measurer.calibration
             body = ResultsReport(
                 worker_id=worker_id,
-                results=[
-                    CandidateResult(candidate_id=r.candidate_id, run_secs=r.run_secs, error=r.error, flagged=r.flagged)
-                    for r in results
-                ],
+                results=results,
                 calibration=calibration if calibration != self._sent_calibration else None,
             )
             try:

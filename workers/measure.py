@@ -27,16 +27,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.protocol import Calibration
+from common.protocol import Calibration, CandidateResult, ErrorKind
 from workers.build_pool import BuildPool
 from workers.calibration import Calibrator
 from workers.interference import InterferencePolicy, ProcStatLoad
-from workers.sandbox_client import Sandbox, SandboxStartError
+from workers.sandbox_client import Sandbox, SandboxStartError, outcome_from_reply
 from workers.timing import Timing
 
 log = logging.getLogger("workers.measure")
 
-__all__ = ["Item", "ItemResult", "Measurer", "Report", "Timing"]  # Timing re-exported for callers
+__all__ = ["Item", "Measurer", "Report", "Timing"]  # Timing re-exported for callers
 
 
 @dataclass(frozen=True)
@@ -49,18 +49,7 @@ class Item:
     trace: Any
 
 
-@dataclass(frozen=True)
-class ItemResult:
-    """One candidate's outcome: ``run_secs`` (every repeat) or ``error``."""
-
-    candidate_id: int
-    run_secs: list[float] | None = None
-    error: str | None = None
-    flagged: bool = False
-    others_busy: float | None = None  # share of our CPUs other processes used while timing
-
-
-Report = Callable[[list[ItemResult]], bool]  # False: stop (the lease is lost)
+Report = Callable[[list[CandidateResult]], bool]  # False: stop (the lease is lost)
 
 
 class Measurer:
@@ -121,6 +110,7 @@ class Measurer:
         self._stop = threading.Event()
         self._last_calibration = float("-inf")
         self.timeline: list[tuple[str, float, float]] = []  # ("build"|"run", start, end), wall clock
+        self.others_busy: dict[int, float | None] = {}  # candidate id -> others' share of our CPUs while timed
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -204,7 +194,7 @@ class Measurer:
         if self._stop.is_set():
             return
         failed = [
-            ItemResult(candidate_id=item.candidate_id, error=str(reply["error"]))
+            self._result(item, reply)
             for item, reply in zip(items, replies)
             if reply.get("error")
         ]
@@ -225,10 +215,13 @@ class Measurer:
             if not report([result]):
                 return
 
-    def _run(self, item: Item, built: dict[str, Any]) -> ItemResult | None:
+    def _run(self, item: Item, built: dict[str, Any]) -> CandidateResult | None:
         try:
             if not built.get("runnable", True):
-                return ItemResult(item.candidate_id, error=f"build: cannot run here: {built.get('note') or 'cross-compiled'}")
+                note = built.get("note") or "cross-compiled"
+                return CandidateResult(
+                    candidate_id=item.candidate_id, error=f"build: cannot run here: {note}", error_kind=ErrorKind.unsupported
+                )
             req = self._request(item)
             req.pop("trace", None)
             req.update(
@@ -282,20 +275,15 @@ class Measurer:
         req.update(self.timing.fields())
         return req
 
-    def _result(self, item: Item, reply: dict[str, Any]) -> ItemResult:
-        if reply.get("error"):
-            return ItemResult(item.candidate_id, error=str(reply["error"]))
-        run_secs = reply.get("run_secs")
-        if not isinstance(run_secs, list) or not run_secs:
-            return ItemResult(item.candidate_id, error=f"sandbox protocol error: no run_secs in {reply!r}"[:500])
-        others = reply.get("others_busy")
-        disturbed = self.interference.disturbed_reply(reply)
-        return ItemResult(
-            item.candidate_id,
-            run_secs=[float(s) for s in run_secs],
-            flagged=self.calibrator.degraded or disturbed,
-            others_busy=None if others is None else float(others),
-        )
+    def _result(self, item: Item, reply: dict[str, Any]) -> CandidateResult:
+        """The candidate's outcome; flagged when the calibration is degraded or its timing disturbed."""
+        outcome = outcome_from_reply(reply)
+        if outcome.valid:
+            others = reply.get("others_busy")
+            self.others_busy[item.candidate_id] = None if others is None else float(others)
+            flagged = self.calibrator.degraded or self.interference.disturbed_reply(reply)
+            outcome = outcome.model_copy(update={"flagged": flagged})
+        return CandidateResult(candidate_id=item.candidate_id, **outcome.model_dump())
 
     @staticmethod
     def _remove(built: dict[str, Any]) -> None:

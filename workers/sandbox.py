@@ -30,7 +30,7 @@ share of this process's CPUs that other processes used while it timed
 
 ``mod_json`` may be omitted once this process has seen the workload; an unknown
 workload without it answers ``"missing_workload": true`` so the parent can
-resend. Failures answer ``{"error": "<stage>: <reason>"}`` with stage one of
+resend. Failures answer ``{"error": "<stage>: <reason>", "error_kind"}`` with stage one of
 request, load workload, target, apply trace, build, export, load, reference
 build, reference run, run, wrong output.
 
@@ -53,6 +53,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from common.protocol import ErrorKind
 from workers.building import ArgSpec, Built, PrebuiltCuda, arg_specs, needs_intrinsics
 from workers.checking import compare, numpy_dtype, random_array  # noqa: F401  (re-exported)
 from workers.timing import CpuLoad, pin_threads, time_it
@@ -73,11 +74,21 @@ def device_for(target_kind: str) -> Any:
     raise ValueError(f"Unknown device for target kind: {target_kind}")
 
 
+STAGE_KINDS: dict[str, ErrorKind] = {"run": ErrorKind.run, "wrong output": ErrorKind.wrong_output}
+"""The error kind of a failed stage; every other stage (request, load workload, target, apply
+trace, build, export, load, reference build, reference run) is a build failure."""
+
+
 class StageError(Exception):
-    """A failure in one stage of a measurement; becomes ``{"error": "<stage>: ..."}``."""
+    """A failure in one stage of a measurement; becomes ``{"error": "<stage>: ...", "error_kind"}``."""
 
     def __init__(self, stage: str, reason: str):
         super().__init__(f"{stage}: {reason}")
+        self.kind = STAGE_KINDS.get(stage, ErrorKind.build)
+
+
+def _failed(kind: ErrorKind, message: str) -> dict[str, Any]:
+    return {"error": message, "error_kind": kind.value}
 
 
 class _MissingWorkload(Exception):
@@ -160,18 +171,18 @@ class SandboxServer:
             elif self.test_ops and op == "crash":
                 os.kill(os.getpid(), getattr(signal, request.get("signal", "SIGSEGV")))
                 time.sleep(10)  # the signal lands first
-                reply = {"error": "crash: signal did not kill the sandbox"}
+                reply = _failed(ErrorKind.crash, "crash: signal did not kill the sandbox")
             elif self.test_ops and op == "sleep":
                 time.sleep(float(request.get("seconds", 3600)))
                 reply = {"ok": True}
             else:
-                reply = {"error": f"request: unknown op {op!r}"}
+                reply = _failed(ErrorKind.build, f"request: unknown op {op!r}")
         except _MissingWorkload as exc:
-            reply = {"error": str(exc), "missing_workload": True}
+            reply = {**_failed(ErrorKind.build, str(exc)), "missing_workload": True}
         except StageError as exc:
-            reply = {"error": str(exc)}
+            reply = _failed(exc.kind, str(exc))
         except Exception as exc:  # noqa: BLE001 - a failure is a reply, never a dead sandbox
-            reply = {"error": f"sandbox: {_reason(exc)}"}
+            reply = _failed(ErrorKind.run, f"sandbox: {_reason(exc)}")
         if op in ("build", "run", "measure"):  # when the work happened, errors included (for the timeline)
             reply.setdefault("t_start", started)
             reply["t_end"] = time.time()
@@ -419,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(request, dict):
                 raise ValueError("a request must be a JSON object")
         except ValueError as exc:
-            reply({"error": f"request: not a JSON object: {exc}"})
+            reply(_failed(ErrorKind.build, f"request: not a JSON object: {exc}"))
             continue
         reply(server.handle(request))
     return 0

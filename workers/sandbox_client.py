@@ -23,23 +23,27 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from common.protocol import ErrorKind, MeasurementOutcome
+
 log = logging.getLogger("workers.sandbox")
 
 STDERR_TAIL_LINES = 20
 _BACKTRACE_LINE = re.compile(r'^\s*(File "|!!!!!!! |Stack trace|\d+: 0x|Traceback \(most recent)')
 
 
-@dataclass(frozen=True)
-class Measured:
-    """One candidate's outcome, as reported: ``run_secs`` or ``error``.
+def outcome_from_reply(reply: dict[str, Any]) -> MeasurementOutcome:
+    """A run or measure reply as the one outcome type (an unreadable one is a crash of the protocol)."""
+    if reply.get("error"):
+        kind = reply.get("error_kind")
+        return MeasurementOutcome.failed(ErrorKind(kind) if kind else ErrorKind.run, str(reply["error"]))
+    run_secs = reply.get("run_secs")
+    if not isinstance(run_secs, list) or not run_secs:
+        return MeasurementOutcome.failed(ErrorKind.crash, f"sandbox protocol error: no run_secs in {reply!r}"[:500])
+    return MeasurementOutcome(run_secs=[float(s) for s in run_secs])
 
-    ``interrupted`` means the sandbox was closed under the measurement (the
-    daemon is stopping); it says nothing about the candidate, so do not report it.
-    """
 
-    run_secs: list[float] | None = None
-    error: str | None = None
-    interrupted: bool = False
+def _failed(kind: ErrorKind, message: str) -> dict[str, Any]:
+    return {"error": message, "error_kind": kind.value}
 
 
 class SandboxStartError(RuntimeError):
@@ -100,7 +104,7 @@ class _Process:
         except ValueError:
             reply = None
         if not isinstance(reply, dict):
-            return {"error": f"sandbox protocol error: unreadable reply {line[:200]!r}", "_protocol": True}
+            return {**_failed(ErrorKind.crash, f"sandbox protocol error: unreadable reply {line[:200]!r}"), "_protocol": True}
         return reply
 
     def kill(self) -> None:
@@ -199,22 +203,16 @@ class Sandbox:
                 raise SandboxStartError("sandbox is closed")
             self._ensure()
 
-    def measure(self, request: dict[str, Any], timeout_s: float) -> Measured:
-        """Measure one candidate (see ``workers.sandbox`` for the request format).
+    def measure(self, request: dict[str, Any], timeout_s: float) -> MeasurementOutcome | None:
+        """Measure one candidate (see ``workers.sandbox`` for the request format); None when
+        the sandbox was closed under it (that says nothing about the candidate).
 
-        Returns an error result for anything the candidate causes: build error,
+        Anything the candidate causes is an outcome with an error: build error,
         wrong output, crash (``sandbox crashed: killed by SIGSEGV``), or no reply
         within ``timeout_s`` (``timeout: no result after N s``).
         """
         reply = self.call(request, timeout_s)
-        if reply.get("interrupted"):
-            return Measured(error=str(reply.get("error") or "sandbox closed"), interrupted=True)
-        if reply.get("error"):
-            return Measured(error=str(reply["error"]))
-        run_secs = reply.get("run_secs")
-        if not isinstance(run_secs, list) or not run_secs:
-            return Measured(error=f"sandbox protocol error: no run_secs in {reply!r}")
-        return Measured(run_secs=[float(s) for s in run_secs])
+        return None if reply.get("interrupted") else outcome_from_reply(reply)
 
     def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Send one request and return the reply; never raises for what a candidate does.
@@ -267,14 +265,14 @@ class Sandbox:
             if self._closed.is_set():
                 return closed
             log.warning("%s %d timed out after %g s; killed", self.name, proc.popen.pid, timeout_s)
-            return {"error": f"timeout: no result after {timeout_s:g} s"}
+            return _failed(ErrorKind.timeout, f"timeout: no result after {timeout_s:g} s")
         if msg.get("mod_json") and key:
             proc.known.add(key)
         if reply.get("_protocol") or reply.get("id") != msg["id"]:
             proc.kill()
             proc.reap()
             self._proc = None
-            return {"error": str(reply.get("error") or f"sandbox protocol error: reply {reply!r} to {msg['id']}")}
+            return _failed(ErrorKind.crash, str(reply.get("error") or f"sandbox protocol error: reply {reply!r} to {msg['id']}"))
         return reply
 
     def interrupt(self) -> None:

@@ -15,7 +15,8 @@ from worker_helpers import FakeClock, ScriptedLoad, transposed_b_trace
 from workers.detect import available_cores
 from workers.interference import InterferencePolicy, ProcStatLoad
 from workers.calibration import Calibrator
-from workers.measure import Item, ItemResult, Measurer
+from common.protocol import CandidateResult, ErrorKind
+from workers.measure import Item, Measurer
 from workers.timing import Timing
 
 FAST = Timing(number=1, repeat=2, min_repeat_ms=0, warmup=1, cache_flush=True)
@@ -25,8 +26,8 @@ def _items(workload: dict[str, Any], traces: list[Any]) -> list[Item]:
     return [Item(100 + i, workload["hash"], workload["mod_json"], t) for i, t in enumerate(traces)]
 
 
-def _collect(measurer: Measurer, items: list[Item]) -> list[ItemResult]:
-    got: list[ItemResult] = []
+def _collect(measurer: Measurer, items: list[Item]) -> list[CandidateResult]:
+    got: list[CandidateResult] = []
     measurer.measure(items, lambda rs: got.extend(rs) or True)
     return got
 
@@ -42,7 +43,8 @@ def test_builds_run_in_parallel_and_runs_alone(workload: dict[str, Any]) -> None
     by_id = {r.candidate_id: r for r in got}
     assert sorted(by_id) == [100, 101, 102, 103, 104]  # every candidate answered once
     assert got[0].candidate_id == 104 and got[0].error.startswith("apply trace:")  # build errors come first
-    assert by_id[103].error.startswith("wrong output:")
+    assert got[0].error_kind is ErrorKind.build
+    assert by_id[103].error.startswith("wrong output:") and by_id[103].error_kind is ErrorKind.wrong_output
     assert all(by_id[i].run_secs and len(by_id[i].run_secs) == 2 for i in (100, 101, 102))
     builds = [(s, e) for kind, s, e in m.timeline if kind == "build"]
     runs = [(s, e) for kind, s, e in m.timeline if kind == "run"]
@@ -54,7 +56,7 @@ def test_builds_run_in_parallel_and_runs_alone(workload: dict[str, Any]) -> None
     _assert_flags_consistent(m, got)
 
 
-def _assert_flags_consistent(m: Measurer, results: list[ItemResult]) -> None:
+def _assert_flags_consistent(m: Measurer, results: list[CandidateResult]) -> None:
     """What holds however busy the machine is: the start calibration counted (ok: one sample is
     its own baseline) or was too disturbed to count (unknown), and each result is flagged exactly
     when the calibration is degraded or other processes disturbed its timing."""
@@ -63,7 +65,7 @@ def _assert_flags_consistent(m: Measurer, results: list[ItemResult]) -> None:
     assert (cal.status, cal.samples) in (("ok", 1), ("unknown", 0)), cal
     for r in results:
         if r.run_secs:
-            assert r.flagged == (cal.status == "degraded" or m.interference.disturbed(r.others_busy)), r
+            assert r.flagged == (cal.status == "degraded" or m.interference.disturbed(m.others_busy[r.candidate_id])), r
 
 
 def test_single_process_mode_and_timeouts(workload: dict[str, Any]) -> None:
@@ -77,6 +79,7 @@ def test_single_process_mode_and_timeouts(workload: dict[str, Any]) -> None:
         m.build_timeout_s, m.run_timeout_s = 0.001, 0.001
         slow = _collect(m, [Item(7, "fresh-hash", workload["mod_json"], workload["traces"][1])])
         assert slow[0].error is not None and slow[0].error.startswith("timeout: no result after"), slow[0].error
+        assert slow[0].error_kind is ErrorKind.timeout
     finally:
         m.close()
 
@@ -122,7 +125,8 @@ def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None
     finally:
         m.close()
     assert disturbed.run_secs, disturbed.error
-    assert disturbed.others_busy is not None and disturbed.others_busy > 0.2, disturbed
+    others = m.others_busy[disturbed.candidate_id]
+    assert others is not None and others > 0.2, (others, disturbed)
     assert disturbed.flagged
 
 

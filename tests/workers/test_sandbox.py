@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from worker_helpers import layout_free_candidate, measure_request, transposed_b_trace
 
+from common.protocol import ErrorKind
 from workers.checking import compare, random_array
 from workers.sandbox import SandboxServer
 from workers.sandbox_client import Sandbox
@@ -43,6 +44,7 @@ def test_garbage_trace_is_an_error_result(sandbox: Sandbox, workload: dict[str, 
     bad = sandbox.measure(measure_request(workload, '[[["NoSuchInstruction",[],[],[]]],[]]'), timeout_s=60)
     assert bad.run_secs is None and bad.error is not None
     assert bad.error.startswith("apply trace:") and "NoSuchInstruction" in bad.error
+    assert bad.error_kind is ErrorKind.build
     not_json = sandbox.measure(measure_request(workload, "{not json"), timeout_s=60)
     assert not_json.error is not None and not_json.error.startswith("apply trace:")
     good = sandbox.measure(measure_request(workload, workload["traces"][0]), timeout_s=60)
@@ -53,6 +55,7 @@ def test_wrong_output_is_caught(sandbox: Sandbox, workload: dict[str, Any]) -> N
     result = sandbox.measure(measure_request(workload, transposed_b_trace(workload["mod"])), timeout_s=60)
     assert result.run_secs is None
     assert result.error is not None and result.error.startswith("wrong output: buffer C max abs err"), result.error
+    assert result.error_kind is ErrorKind.wrong_output
     unchecked = sandbox.measure(
         measure_request(workload, transposed_b_trace(workload["mod"]), check=False), timeout_s=60
     )
@@ -76,6 +79,7 @@ def test_unknown_workload_without_mod_json(sandbox: Sandbox, workload: dict[str,
     del req["mod_json"]
     result = sandbox.measure(req, timeout_s=60)
     assert result.error is not None and result.error.startswith("load workload:")
+    assert result.error_kind is ErrorKind.build
 
 
 def test_fp16_workload_passes_its_check(sandbox: Sandbox, workload: dict[str, Any]) -> None:
@@ -94,6 +98,7 @@ def test_segfault_costs_only_the_sandbox(sandbox: Sandbox, workload: dict[str, A
     pid = sandbox.pid
     crashed = sandbox.measure({"op": "crash", "signal": "SIGSEGV"}, timeout_s=60)
     assert crashed.error is not None and crashed.error.startswith("sandbox crashed: killed by SIGSEGV")
+    assert crashed.error_kind is ErrorKind.crash
     # A fresh process gets the workload again (the client tracks what each process holds).
     assert not sandbox.knows(workload["hash"])
     result = sandbox.measure(measure_request(workload, workload["traces"][0]), timeout_s=120)
@@ -103,7 +108,7 @@ def test_segfault_costs_only_the_sandbox(sandbox: Sandbox, workload: dict[str, A
 
 def test_hang_is_a_timeout(sandbox: Sandbox, workload: dict[str, Any]) -> None:
     hung = sandbox.measure({"op": "sleep", "seconds": 600}, timeout_s=1)
-    assert hung.error == "timeout: no result after 1 s"
+    assert hung.error == "timeout: no result after 1 s" and hung.error_kind is ErrorKind.timeout
     result = sandbox.measure(measure_request(workload, workload["traces"][0]), timeout_s=120)
     assert result.error is None, result.error
 
@@ -112,6 +117,7 @@ def test_test_ops_need_the_env_var() -> None:
     # In-process: without TUNEHUB_SANDBOX_TEST_OPS=1 the ops are unknown, never run.
     assert SandboxServer(test_ops=False).handle({"op": "crash", "id": 5}) == {
         "error": "request: unknown op 'crash'",
+        "error_kind": "build",
         "id": 5,
     }
 
@@ -120,7 +126,7 @@ def test_closed_sandbox_measures_nothing() -> None:
     sb = Sandbox()
     sb.close()
     sb.close()  # idempotent
-    assert sb.measure({"op": "ping"}, timeout_s=1).interrupted
+    assert sb.measure({"op": "ping"}, timeout_s=1) is None  # interrupted: no outcome
     assert sb.starts == 0
 
 
