@@ -13,8 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
+from workers import sandbox_protocol as sp
 from workers.sandbox_client import Sandbox, SandboxStartError
 
 log = logging.getLogger("workers.build_pool")
@@ -25,10 +24,10 @@ class _Batch:
     """Replies of one build phase, filled in by the builder threads."""
 
     size: int
-    replies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    replies: dict[int, sp.Reply | None | SandboxStartError] = field(default_factory=dict)
     lock: threading.Condition = field(default_factory=threading.Condition)
 
-    def put(self, index: int, reply: dict[str, Any]) -> None:
+    def put(self, index: int, reply: sp.Reply | None | SandboxStartError) -> None:
         with self.lock:
             self.replies[index] = reply
             self.lock.notify_all()
@@ -48,7 +47,7 @@ class BuildPool:
 
     def __init__(self, size: int, *, kind: str, env: dict[str, str] | None, cuda_compiler: str | None, timeout_s: float):
         self.timeout_s = timeout_s
-        self._jobs: queue.Queue[tuple[int, dict[str, Any], _Batch] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[int, sp.BuildRequest, _Batch] | None] = queue.Queue()
         self.sandboxes = [
             Sandbox(target_kind=kind, num_threads=1, env=env, cuda_compiler=cuda_compiler, name=f"builder-{i}")
             for i in range(size)
@@ -71,14 +70,18 @@ class BuildPool:
         if self.start_errors and len(self.start_errors) == len(self.sandboxes):
             raise SandboxStartError(self.start_errors[0])
 
-    def build_all(self, requests: Sequence[dict[str, Any]], stop: threading.Event) -> list[dict[str, Any]]:
-        """One reply per request (in order); interrupted ones answer ``interrupted``."""
+    def build_all(self, requests: Sequence[sp.BuildRequest], stop: threading.Event) -> list[sp.Reply | None]:
+        """One reply per request (in order), None for an interrupted one. Raises
+        ``SandboxStartError`` when a builder could not start to answer."""
         batch = _Batch(size=len(requests))
         for i, req in enumerate(requests):
             self._jobs.put((i, req, batch))
         batch.wait(stop)
-        closed = {"error": "sandbox closed", "interrupted": True}
-        return [batch.replies.get(i, closed) for i in range(len(requests))]
+        replies = [batch.replies.get(i) for i in range(len(requests))]
+        for reply in replies:
+            if isinstance(reply, SandboxStartError):
+                raise reply
+        return [r for r in replies if not isinstance(r, SandboxStartError)]
 
     def _serve(self, sandbox: Sandbox, ready: threading.Event) -> None:
         try:
@@ -92,13 +95,14 @@ class BuildPool:
             if job is None:
                 return
             index, request, batch = job
+            reply: sp.Reply | None | SandboxStartError
             try:
                 reply = sandbox.call(request, self.timeout_s)
             except SandboxStartError as exc:
-                reply = {"error": f"builder could not start: {exc}", "start_failed": True}
+                reply = SandboxStartError(f"builder could not start: {exc}")
             except Exception as exc:  # noqa: BLE001 - a builder thread must answer, never die
                 log.exception("builder thread failed")
-                reply = {"error": f"builder: {type(exc).__name__}: {exc}", "start_failed": True}
+                reply = SandboxStartError(f"builder: {type(exc).__name__}: {exc}")
             batch.put(index, reply)
 
     def interrupt(self) -> None:

@@ -9,9 +9,8 @@ while) are flagged. A calibration disturbed by other processes is not counted.
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 from common.protocol import Calibration
+from workers import sandbox_protocol as sp
 
 log = logging.getLogger("workers.calibration")
 
@@ -42,8 +41,8 @@ class Calibrator:
     def failed(self, reason: str) -> None:
         self.detail = reason
 
-    def record(self, reply: dict[str, Any] | None, *, disturbed: bool) -> bool:
-        """Count one ``calibrate`` reply; False when it is not counted.
+    def record(self, reply: sp.Reply | None, *, disturbed: bool) -> bool:
+        """Count one reply to ``calibrate``; False when it is not counted.
 
         Not counted: an interrupted one (None), a failed one (its error becomes the
         detail) and a disturbed one: other processes on our CPUs say nothing about this
@@ -51,20 +50,21 @@ class Calibrator:
         """
         if reply is None:
             return False
-        if reply.get("error"):
-            log.warning("calibration failed: %s", reply["error"])
-            self.failed(str(reply["error"])[:500])
+        if not isinstance(reply, sp.Calibrated):
+            error = reply.error if isinstance(reply, sp.Failed) else f"sandbox protocol error: {reply!r}"
+            log.warning("calibration failed: %s", error)
+            self.failed(error[:500])
             return False
         if disturbed:
             log.info("calibration disturbed (other processes used %.0f %% of our CPUs): not counted",
-                     100 * float(reply.get("others_busy") or 0))
+                     100 * (reply.others_busy or 0.0))
             return False
-        self.add(float(reply["secs"]))
+        self.add(reply.secs)
         snap = self.snapshot()
         log.log(
             logging.WARNING if snap.status == "degraded" else logging.INFO,
             "calibration %.4g ms (baseline %.4g ms, ratio %.2f): %s",
-            float(reply["secs"]) * 1e3,
+            reply.secs * 1e3,
             (snap.baseline_s or 0) * 1e3,
             snap.ratio or 1.0,
             snap.status,

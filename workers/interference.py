@@ -15,8 +15,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol, Union
 
+from workers import sandbox_protocol as sp
 from workers.timing import CpuLoad
 
 Clock = Callable[[], float]
@@ -41,7 +42,7 @@ class ProcStatLoad:
         return load.others
 
 
-Reply = dict[str, Any]  # a runner reply: "error", or a timing with "others_busy"
+Reply = Union[sp.Timed, sp.Calibrated, sp.Failed]  # what a runner answers a timing request with
 Attempt = Callable[[bool], "Reply | None"]
 """One timing attempt's reply, None when interrupted; the argument is True for a retry
 (the caller may send a cheaper request then)."""
@@ -83,8 +84,7 @@ class InterferencePolicy:
         return False
 
     def disturbed_reply(self, reply: Reply) -> bool:
-        others = reply.get("others_busy")
-        return self.disturbed(None if others is None else float(others))
+        return not isinstance(reply, sp.Failed) and self.disturbed(reply.others_busy)
 
     def least_disturbed(self, attempt: Attempt, stop: threading.Event) -> Reply | None:
         """Run ``attempt(False)``; while the kept result is disturbed, wait for quiet and run
@@ -92,16 +92,16 @@ class InterferencePolicy:
         attempt (a failed first attempt as it is), or None once an attempt is interrupted."""
         kept = attempt(False)
         for _ in range(self.retries):
-            if kept is None or kept.get("error") or not self.disturbed_reply(kept):
+            if kept is None or not self.disturbed_reply(kept):
                 break
             self.wait_quiet(stop)
             again = attempt(True)
             if again is None:
                 return None
-            if not again.get("error") and _busy(again) < _busy(kept):
+            if not isinstance(again, sp.Failed) and _busy(again) < _busy(kept):
                 kept = again
         return kept
 
 
 def _busy(reply: Reply) -> float:
-    return float(reply.get("others_busy") or 0.0)
+    return 0.0 if isinstance(reply, sp.Failed) else reply.others_busy or 0.0

@@ -30,8 +30,11 @@ from typing import Any
 from common.protocol import Calibration, CandidateResult, ErrorKind
 from workers.build_pool import BuildPool
 from workers.calibration import Calibrator
+from workers import interference
+from workers import sandbox_protocol as sp
 from workers.interference import InterferencePolicy, ProcStatLoad
-from workers.sandbox_client import Sandbox, SandboxStartError, outcome_from_reply
+from workers.sandbox_client import Sandbox, outcome_from_reply
+from workers.options import WorkerOptions, default_build_workers
 from workers.timing import Timing
 
 log = logging.getLogger("workers.measure")
@@ -62,39 +65,28 @@ class Measurer:
     def __init__(
         self,
         target: dict[str, Any],
+        options: WorkerOptions | None = None,
         *,
-        build_workers: int = 2,
-        build_timeout_s: float = 30.0,
-        run_timeout_s: float = 60.0,
-        timing: Timing | None = None,
-        check: bool = True,
         cpus: list[int] | None = None,
         num_threads: int | None = None,
         cuda_compiler: str | None = None,
         env: dict[str, str] | None = None,
-        calibrate_every_s: float = 30.0,
-        calibration_tolerance: float = 1.3,
-        interference_tolerance: float = 0.2,
-        interference_retries: int = 2,
-        quiet_wait_s: float = 10.0,
         interference: InterferencePolicy | None = None,
     ):
         self.target = dict(target)
+        self.options = options or WorkerOptions()
         self.cpus = list(cpus) if cpus else None
         self.interference = interference or InterferencePolicy(
-            tolerance=interference_tolerance,
-            retries=interference_retries,
-            quiet_wait_s=quiet_wait_s,
+            tolerance=self.options.interference_tolerance,
+            retries=self.options.interference_retries,
+            quiet_wait_s=self.options.quiet_wait_s,
             load=ProcStatLoad(self.cpus),
         )
         self.kind = str(self.target["kind"])
-        self.build_workers = max(0, int(build_workers))
-        self.build_timeout_s = build_timeout_s
-        self.run_timeout_s = run_timeout_s
-        self.timing = timing or Timing()
-        self.check = check
-        self.calibrate_every_s = calibrate_every_s
-        self.calibrator = Calibrator(calibration_tolerance)
+        builders = self.options.build_workers
+        self.build_workers = max(0, default_build_workers() if builders is None else builders)
+        self.timing = self.options.timing or Timing(cache_flush=self.kind == "llvm")
+        self.calibrator = Calibrator(self.options.calibration_tolerance)
         self._env = dict(env or {})
         self._cuda_compiler = cuda_compiler
         self.runner = Sandbox(
@@ -127,12 +119,12 @@ class Measurer:
                 kind=self.kind,
                 env=self._env,
                 cuda_compiler=self._cuda_compiler,
-                timeout_s=self.build_timeout_s,
+                timeout_s=self.options.build_timeout_s,
             )
         self.runner.start()
         if self.pool is not None:
             self.pool.wait_ready(self.runner.start_timeout_s)
-        if self.calibrate_every_s > 0:
+        if self.options.calibrate_every_s > 0:
             self.calibrate()
 
     def interrupt(self) -> None:
@@ -152,20 +144,20 @@ class Measurer:
 
     @property
     def calibration(self) -> Calibration | None:
-        return self.calibrator.snapshot() if self.calibrate_every_s > 0 else None
+        return self.calibrator.snapshot() if self.options.calibrate_every_s > 0 else None
 
     # --- calibration -----------------------------------------------------------------
 
     def calibrate(self) -> bool:
         """Time the calibration kernel (retried while disturbed); True when the sample counted.
         A failure leaves the status unknown, never raises."""
-        request = {"op": "calibrate", "target": self.target}
-        reply = self.interference.least_disturbed(lambda again: self._call(request, self.run_timeout_s), self._stop)
+        request = sp.CalibrateRequest(target=self.target)
+        reply = self.interference.least_disturbed(lambda again: self._call(request, self.options.run_timeout_s), self._stop)
         self._last_calibration = self.interference.clock()
         return self.calibrator.record(reply, disturbed=reply is not None and self.interference.disturbed_reply(reply))
 
     def _calibrate_if_stale(self) -> None:
-        if self.calibrate_every_s > 0 and self.interference.clock() - self._last_calibration >= self.calibrate_every_s:
+        if self.options.calibrate_every_s > 0 and self.interference.clock() - self._last_calibration >= self.options.calibrate_every_s:
             self.calibrate()
 
     # --- one batch ---------------------------------------------------------------------
@@ -182,30 +174,22 @@ class Measurer:
         if self.pool is None:
             self._measure_in_runner(items, report)
             return
-        requests = []
         assert self._workdir is not None
-        for item in items:
-            req = self._request(item)
-            req.update(op="build", out=os.path.join(self._workdir, f"c{item.candidate_id}"))
-            requests.append(req)
+        requests = [
+            sp.BuildRequest(**self._workload_fields(item), trace=item.trace, out=os.path.join(self._workdir, f"c{item.candidate_id}"))
+            for item in items
+        ]
         replies = self.pool.build_all(requests, self._stop)
-        if any(r.get("start_failed") for r in replies):
-            raise SandboxStartError(next(str(r["error"]) for r in replies if r.get("start_failed")))
         if self._stop.is_set():
             return
-        failed = [
-            self._result(item, reply)
-            for item, reply in zip(items, replies)
-            if reply.get("error")
-        ]
         for reply in replies:
-            if "t_start" in reply:
-                self.timeline.append(("build", float(reply["t_start"]), float(reply["t_end"])))
+            self._span("build", reply)
+        failed = [self._result(item, reply) for item, reply in zip(items, replies) if not isinstance(reply, sp.Built)]
         if failed and not report(failed):
             return
         self._calibrate_if_stale()
         for item, built in zip(items, replies):
-            if built.get("error"):
+            if not isinstance(built, sp.Built):
                 continue
             if self._stop.is_set():
                 return
@@ -215,80 +199,75 @@ class Measurer:
             if not report([result]):
                 return
 
-    def _run(self, item: Item, built: dict[str, Any]) -> CandidateResult | None:
+    def _run(self, item: Item, built: sp.Built) -> CandidateResult | None:
         try:
-            if not built.get("runnable", True):
-                note = built.get("note") or "cross-compiled"
+            if not built.runnable:
+                note = built.note or "cross-compiled"
                 return CandidateResult(
                     candidate_id=item.candidate_id, error=f"build: cannot run here: {note}", error_kind=ErrorKind.unsupported
                 )
-            req = self._request(item)
-            req.pop("trace", None)
-            req.update(
-                op="run",
-                artifact=built["artifact"],
-                check_artifact=built.get("check_artifact"),
-                timed_args=built["timed_args"],
-                device_binaries=built.get("device_binaries") or [],
+            req = sp.RunRequest(
+                **self._workload_fields(item),
+                **self.timing.fields(),
+                artifact=built.artifact,
+                check_artifact=built.check_artifact,
+                timed_args=built.timed_args,
+                device_binaries=built.device_binaries,
             )
-            timeout = self.run_timeout_s * (1 if self.runner.knows(item.workload_hash) else 2)
-            retry = {**req, "check": False}  # checked once is enough
+            timeout = self.options.run_timeout_s * (1 if self.runner.knows(item.workload_hash) else 2)
+            retry = req.model_copy(update={"check": False})  # checked once is enough
             reply = self.interference.least_disturbed(
                 lambda again: self._call(retry if again else req, timeout), self._stop
             )
             if reply is None:
                 return None
-            if "t_start" in reply:
-                self.timeline.append(("run", float(reply["t_start"]), float(reply["t_end"])))
+            self._span("run", reply)
             return self._result(item, reply)
         finally:
             self._remove(built)
 
-    def _call(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-        """The runner's reply, None when the sandbox was closed under it."""
+    def _call(self, request: sp.Request, timeout: float) -> interference.Reply | None:
+        """The runner's reply to a timing request, None when the sandbox was closed under it."""
         reply = self.runner.call(request, timeout)
-        return None if reply.get("interrupted") else reply
+        if reply is None or isinstance(reply, (sp.Timed, sp.Calibrated, sp.Failed)):
+            return reply
+        return sp.failed(ErrorKind.crash, f"sandbox protocol error: {reply!r} to {request.op}")
 
     def _measure_in_runner(self, items: Sequence[Item], report: Report) -> None:
         self._calibrate_if_stale()
         for item in items:
             if self._stop.is_set():
                 return
-            req = self._request(item)
-            timeout = self.build_timeout_s + self.run_timeout_s
+            req = sp.MeasureRequest(**self._workload_fields(item), **self.timing.fields(), trace=item.trace)
+            timeout = self.options.build_timeout_s + self.options.run_timeout_s
             if not self.runner.knows(item.workload_hash):
-                timeout += self.run_timeout_s  # the untuned reference is built and run first
+                timeout += self.options.run_timeout_s  # the untuned reference is built and run first
             reply = self.runner.call(req, timeout)
-            if reply.get("interrupted"):
+            if reply is None:
                 return
             if not report([self._result(item, reply)]):
                 return
 
-    def _request(self, item: Item) -> dict[str, Any]:
-        req: dict[str, Any] = {
-            "workload_hash": item.workload_hash,
-            "mod_json": item.mod_json,
-            "trace": item.trace,
-            "target": self.target,
-            "check": self.check,
-        }
-        req.update(self.timing.fields())
-        return req
+    def _workload_fields(self, item: Item) -> dict[str, Any]:
+        return {"workload_hash": item.workload_hash, "mod_json": item.mod_json, "target": self.target, "check": self.options.check}
 
-    def _result(self, item: Item, reply: dict[str, Any]) -> CandidateResult:
+    def _span(self, kind: str, reply: sp.Reply | None) -> None:
+        start, end = getattr(reply, "t_start", None), getattr(reply, "t_end", None)
+        if start is not None and end is not None:
+            self.timeline.append((kind, start, end))
+
+    def _result(self, item: Item, reply: sp.Reply) -> CandidateResult:
         """The candidate's outcome; flagged when the calibration is degraded or its timing disturbed."""
         outcome = outcome_from_reply(reply)
-        if outcome.valid:
-            others = reply.get("others_busy")
-            self.others_busy[item.candidate_id] = None if others is None else float(others)
+        if isinstance(reply, sp.Timed):
+            self.others_busy[item.candidate_id] = reply.others_busy
             flagged = self.calibrator.degraded or self.interference.disturbed_reply(reply)
             outcome = outcome.model_copy(update={"flagged": flagged})
         return CandidateResult(candidate_id=item.candidate_id, **outcome.model_dump())
 
     @staticmethod
-    def _remove(built: dict[str, Any]) -> None:
-        paths = [built.get("artifact"), built.get("check_artifact")]
-        paths += [b.get("path") for b in built.get("device_binaries") or []]
+    def _remove(built: sp.Built) -> None:
+        paths = [built.artifact, built.check_artifact, *(b.path for b in built.device_binaries)]
         for path in paths:
             if path:
                 try:

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from common.protocol import ErrorKind
 
 TargetJSON = dict[str, Any]
+PARENT_PID_ENV = "TUNEHUB_SANDBOX_PARENT_PID"
+"""Set by the client to its pid: a sandbox whose parent is already gone exits at once."""
 
 
 class _Message(BaseModel):
@@ -44,21 +46,21 @@ class DeviceBinary(BaseModel):
 # --- requests -------------------------------------------------------------------
 
 
-class _WorkloadRequest(_Message):
+class WorkloadRequest(_Message):
     workload_hash: str = Field(min_length=1)
     mod_json: str | None = Field(None, description="Omitted once the process holds the workload.")
     target: TargetJSON
     check: bool = True
 
 
-class MeasureRequest(_WorkloadRequest, TimingFields):
+class MeasureRequest(WorkloadRequest, TimingFields):
     """Build, check and time in one process, nothing on disk."""
 
     op: Literal["measure"] = "measure"
     trace: Any
 
 
-class BuildRequest(_WorkloadRequest):
+class BuildRequest(WorkloadRequest):
     """Build a candidate and export it to files named ``out.*``."""
 
     op: Literal["build"] = "build"
@@ -66,7 +68,7 @@ class BuildRequest(_WorkloadRequest):
     out: str
 
 
-class RunRequest(_WorkloadRequest, TimingFields):
+class RunRequest(WorkloadRequest, TimingFields):
     """Load a builder's artifact, check it against the reference and time it."""
 
     op: Literal["run"] = "run"

@@ -17,6 +17,7 @@ from workers.interference import InterferencePolicy, ProcStatLoad
 from workers.calibration import Calibrator
 from common.protocol import CandidateResult, ErrorKind
 from workers.measure import Item, Measurer
+from workers.options import WorkerOptions
 from workers.timing import Timing
 
 FAST = Timing(number=1, repeat=2, min_repeat_ms=0, warmup=1, cache_flush=True)
@@ -34,7 +35,7 @@ def _collect(measurer: Measurer, items: list[Item]) -> list[CandidateResult]:
 
 def test_builds_run_in_parallel_and_runs_alone(workload: dict[str, Any]) -> None:
     traces = list(workload["traces"]) + [transposed_b_trace(workload["mod"]), '[[["Nope",[],[],[]]],[]]']
-    m = Measurer(workload["target"], build_workers=2, timing=FAST, calibrate_every_s=3600)
+    m = Measurer(workload["target"], WorkerOptions(build_workers=2, timing=FAST, calibrate_every_s=3600))
     try:
         m.start()
         got = _collect(m, _items(workload, traces))
@@ -70,13 +71,13 @@ def _assert_flags_consistent(m: Measurer, results: list[CandidateResult]) -> Non
 
 def test_single_process_mode_and_timeouts(workload: dict[str, Any]) -> None:
     """build_workers=0 builds in the runner; a build that outlives its timeout costs the process."""
-    m = Measurer(workload["target"], build_workers=0, timing=FAST, calibrate_every_s=0, build_timeout_s=60)
+    m = Measurer(workload["target"], WorkerOptions(build_workers=0, timing=FAST, calibrate_every_s=0, build_timeout_s=60))
     try:
         m.start()
         assert m.calibration is None  # calibration off
         got = _collect(m, _items(workload, [workload["traces"][0]]))
         assert got[0].run_secs, got[0].error
-        m.build_timeout_s, m.run_timeout_s = 0.001, 0.001
+        m.options = m.options.replace(build_timeout_s=0.001, run_timeout_s=0.001)
         slow = _collect(m, [Item(7, "fresh-hash", workload["mod_json"], workload["traces"][1])])
         assert slow[0].error is not None and slow[0].error.startswith("timeout: no result after"), slow[0].error
         assert slow[0].error_kind is ErrorKind.timeout
@@ -110,7 +111,8 @@ def _hog(cpu: int, seconds: float) -> Iterator[None]:
 def _slow_runner(workload: dict[str, Any], cpu: int, policy: InterferencePolicy) -> Measurer:
     """A measurer pinned to ``cpu`` whose timings last long enough (4 × 150 ms) for a hog to show."""
     slow = Timing(number=1, repeat=4, min_repeat_ms=150, warmup=0, cache_flush=False)
-    return Measurer(workload["target"], build_workers=1, timing=slow, cpus=[cpu], calibrate_every_s=0, interference=policy)
+    return Measurer(workload["target"], WorkerOptions(build_workers=1, timing=slow, calibrate_every_s=0), cpus=[cpu],
+                    interference=policy)
 
 
 def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None:
@@ -152,7 +154,7 @@ def test_the_measurer_retries_through_its_policy(workload: dict[str, Any]) -> No
 def test_a_disturbed_calibration_is_not_counted(workload: dict[str, Any]) -> None:
     """A calibration the policy judges disturbed says nothing about the machine: not counted (it
     would flag every result until the next one); one it judges undisturbed counts."""
-    m = Measurer(workload["target"], build_workers=0, calibrate_every_s=3600,
+    m = Measurer(workload["target"], WorkerOptions(build_workers=0, calibrate_every_s=3600),
                  interference=InterferencePolicy(tolerance=-1.0, retries=1, quiet_wait_s=0, load=ScriptedLoad(FakeClock(), [1.0])))
     try:
         m.start()  # calibrates once: disturbed by the policy's measure

@@ -9,6 +9,7 @@ from typing import Any
 def measure_request(workload: dict[str, Any], trace: Any, **extra: Any) -> dict[str, Any]:
     """A sandbox request with fast timing settings."""
     req = {
+        "op": "measure",
         "workload_hash": workload["hash"],
         "mod_json": workload["mod_json"],
         "trace": trace,
