@@ -145,7 +145,10 @@ def test_bad_candidates_cost_a_sandbox_and_the_worker_keeps_serving(stack) -> No
     assert {r.worker_id for r in got.values()} == {worker_id}
     with stack.client() as client:
         cal = client.workers()[0].calibration
-    assert cal is not None and cal.status in ("ok", "degraded") and cal.samples >= 1  # reported with results
+    assert cal is not None  # reported with results
+    # Counted calibrations say ok or degraded; on a busy machine every one may have been too
+    # disturbed to count, and then the status is unknown.
+    assert (cal.status in ("ok", "degraded"), cal.status == "unknown") == (cal.samples >= 1, cal.samples == 0), cal
 
     # Restarted (same name, token and target), it comes back as the same worker.
     assert stack.procs["w"].send_signal(signal.SIGTERM) is None
