@@ -1,33 +1,129 @@
-"""A small typed client for the tunehub REST API (used by the CLI and the demo).
+"""The one HTTP client for the tunehub REST API: the CLI, the demo and the worker use it.
 
-Errors come back as ``ApiError`` carrying the service's JSON ``error`` code and
-``detail`` message, so callers can print something a person can act on.
+Every failed answer becomes a ``common.errors`` class in one place
+(``error_from_response``), so the CLI and the worker see the same exception for
+the same answer::
+
+    connection error, timeout, 5xx, 408, 429  -> Unavailable (transient)
+    4xx                                       -> the class of the body's code (LeaseLost, ...)
+                                                 or of the status (Unauthorized, NotFound, ...)
+
+The worker's calls (register, lease, report) retry ``Unavailable`` with capped,
+jittered exponential backoff until success or the ``stop`` event (then ``Stopped``):
+a worker must survive a service restart.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import random
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
-from common.protocol import JobCreate, JobPublic, ModelPublic, TokenCreate, TokenCreated, WorkerPublic
+from common import errors
+from common.protocol import (
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JobCreate,
+    JobPublic,
+    LeaseRequest,
+    LeaseResponse,
+    ModelPublic,
+    ReleaseRequest,
+    ResultsAck,
+    ResultsReport,
+    TokenCreate,
+    TokenCreated,
+    WorkerPublic,
+    WorkerRegister,
+)
+
+log = logging.getLogger("common.client")
+
+M = TypeVar("M", bound=BaseModel)
+
+ApiError = errors.TunehubError
+"""What a failed call raises (any ``common.errors`` class); the old name, kept for callers."""
+
+_ERROR_BY_CODE: dict[str, type[errors.TunehubError]] = {
+    cls.code: cls
+    for cls in (
+        errors.BadInput,
+        errors.NotFound,
+        errors.TooLarge,
+        errors.Unauthorized,
+        errors.Forbidden,
+        errors.Conflict,
+        errors.LeaseLost,
+    )
+}
+_ERROR_BY_STATUS: dict[int, type[errors.TunehubError]] = {
+    cls.status_code: cls
+    for cls in (errors.BadInput, errors.NotFound, errors.TooLarge, errors.Unauthorized, errors.Forbidden, errors.Conflict)
+}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str):
-        super().__init__(f"{status} {code}: {detail}")
-        self.status, self.code, self.detail = status, code, detail
+class Stopped(Exception):
+    """The stop event was set while waiting to retry."""
+
+
+def error_from_response(response: httpx.Response) -> errors.TunehubError:
+    """The tunehub error an answer of 400 or more stands for, keeping the service's message."""
+    status = response.status_code
+    code, detail = "", response.text[:500]
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            code = str(body.get("error") or "")
+            detail = str(body.get("detail") or detail)
+    except ValueError:
+        pass
+    cls: type[errors.TunehubError]
+    if status >= 500 or status in (408, 429):
+        cls = errors.Unavailable
+    elif status in (401, 403):
+        cls = _ERROR_BY_STATUS[status]  # whatever the body says
+    else:
+        cls = _ERROR_BY_CODE.get(code) or _ERROR_BY_STATUS.get(status, errors.TunehubError)
+    shown = f"{status} {code}" if code else str(status)
+    return cls(f"{response.request.method} {response.request.url.path} -> {shown}: {detail}")
 
 
 class TunehubClient:
-    def __init__(self, server: str, token: str | None, *, timeout_s: float = 120.0):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+    """Typed calls to ``/api/v1``. ``stop`` (the worker's stop event) makes the worker's
+    calls retry transient failures until it is set; without it they raise at once."""
+
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        *,
+        timeout_s: float = 120.0,
+        stop: threading.Event | None = None,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        user_agent: str = "tunehub",
+        connect_timeout_s: float = 5.0,
+    ):
+        self.server_url = server.rstrip("/")
+        self._stop = stop
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        headers = {"User-Agent": user_agent}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=server.rstrip("/") + "/api/v1",
+            base_url=self.server_url + "/api/v1",
             headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            # Connect fails fast (service down); reads allow a busy service to answer.
+            timeout=httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s)),
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -39,15 +135,67 @@ class TunehubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # --- the request paths ------------------------------------------------------
+
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; an answer of 400 or more raises its ``common.errors`` class."""
         resp = self._http.request(method, path, **kwargs)
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-                raise ApiError(resp.status_code, body.get("error", "error"), body.get("detail", resp.text))
-            except (ValueError, AttributeError):
-                raise ApiError(resp.status_code, "error", resp.text) from None
+            raise error_from_response(resp)
         return resp
+
+    def _post_once(self, path: str, body: BaseModel, reply: type[M] | None) -> Any:
+        try:
+            response = self._call("POST", path, json=body.model_dump(mode="json"))
+        except httpx.RequestError as exc:  # connect/read/write errors and timeouts
+            raise errors.Unavailable(f"POST {path}: service unreachable ({type(exc).__name__}: {exc})") from exc
+        if reply is None:
+            return None
+        try:
+            return reply.model_validate(response.json())
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            # A reply we cannot read is the service's fault (mid-upgrade, proxy page).
+            raise errors.Unavailable(f"POST {path}: unreadable reply ({exc})") from exc
+
+    def call(self, path: str, body: BaseModel, reply: type[M] | None, *, retry: bool = True) -> Any:
+        """POST ``body`` and parse the answer as ``reply``.
+
+        With ``retry`` and a stop event, ``Unavailable`` is retried until success or stop
+        (then ``Stopped``); otherwise it is raised at once. Other errors raise either way.
+        """
+        delay = self.backoff_initial_s
+        while True:
+            try:
+                return self._post_once(path, body, reply)
+            except errors.Unavailable as exc:
+                if not retry or self._stop is None:
+                    raise
+                if self._stop.is_set():
+                    raise Stopped() from exc
+                wait = delay * random.uniform(0.75, 1.0)  # jitter: a fleet must not retry in step
+                log.warning("%s; retrying in %.1f s", exc, wait)
+                if self._stop.wait(wait):
+                    raise Stopped() from exc
+                delay = min(self.backoff_max_s, delay * 2)
+
+    # --- the worker's endpoints -----------------------------------------------------
+
+    def register(self, body: WorkerRegister) -> WorkerPublic:
+        return self.call("/workers", body, WorkerPublic)
+
+    def lease(self, body: LeaseRequest) -> LeaseResponse:
+        return self.call("/leases", body, LeaseResponse)
+
+    def heartbeat(self, lease_id: int, body: HeartbeatRequest) -> HeartbeatResponse:
+        return self.call(f"/leases/{lease_id}/heartbeat", body, HeartbeatResponse, retry=False)
+
+    def report(self, lease_id: int, body: ResultsReport) -> ResultsAck:
+        return self.call(f"/leases/{lease_id}/results", body, ResultsAck)
+
+    def release(self, lease_id: int, body: ReleaseRequest) -> None:
+        self.call(f"/leases/{lease_id}/release", body, None, retry=False)
+
+    # --- people's endpoints (CLI, demo) -----------------------------------------------
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health").json()

@@ -7,7 +7,8 @@
     ├── Unauthorized             401 unauthorized     (missing or unknown token)
     ├── Forbidden                403 forbidden        (token lacks the role)
     ├── Conflict                 409 conflict         (state does not allow the action)
-    └── LeaseLost                409 lease_lost       (lease expired or owned by another worker)
+    ├── LeaseLost                409 lease_lost       (lease expired or owned by another worker)
+    └── Unavailable              503 unavailable      (service unreachable or failing: worth retrying)
 
 The service maps these in one handler to ``{"error": code, "detail": message}``.
 db/, tuner/, workers/ raise them and never import FastAPI.
@@ -57,3 +58,10 @@ class Conflict(TunehubError):
 
 class LeaseLost(Conflict):
     code = "lease_lost"
+
+
+class Unavailable(TunehubError):
+    """The service could not be reached or failed on its side (5xx, 408, 429); worth retrying."""
+
+    status_code = 503
+    code = "unavailable"

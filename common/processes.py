@@ -6,6 +6,7 @@ and the live-process tests, so each starts children the same way.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -14,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -23,14 +22,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this child when its parent dies (a killed ``serve`` leaves no orphan tuner)."""
+def die_with_parent(sig: int = signal.SIGTERM, *, parent_pid: int | None = None) -> None:
+    """Linux: have the kernel send this process ``sig`` when its parent dies (PR_SET_PDEATHSIG),
+    so a killed ``serve`` or worker leaves no orphan tuner or sandbox.
+
+    "Parent" is the *thread* that started this process. With ``parent_pid``, exit at once
+    when the parent is already gone (it died before the request took effect).
+    """
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig))
+    except (OSError, AttributeError):
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _die_with_this_process(parent_pid: int) -> None:
+    die_with_parent(signal.SIGTERM, parent_pid=parent_pid)
 
 
 def spawn(
@@ -52,7 +63,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=functools.partial(_die_with_this_process, os.getpid()) if die_with_parent else None,
         )
     finally:
         if log:
@@ -79,6 +90,8 @@ def stop(proc: subprocess.Popen[bytes], *, timeout_s: float = 15.0) -> int | Non
 
 def wait_healthy(server: str, *, timeout_s: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Block until GET /api/v1/health answers 200; fail fast if ``proc`` died."""
+    import httpx
+
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:

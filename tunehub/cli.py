@@ -156,20 +156,17 @@ def worker(
 ) -> None:
     """Serve as a measuring worker: lease candidates, build, check, time, report.
 
-    Settings not given here come from TUNEHUB_WORKER_* (see tunehub/settings.py).
+    Settings not given here come from TUNEHUB_WORKER_* (see common/settings.py).
     """
     from common.errors import BadInput
     from workers.detect import parse_cpu_list
     from workers.fleet import WorkerFleet, daemons_for, plan_devices
-    from workers.measure import Timing
+    from workers.options import WorkerOptions
 
     setup_logging()
     settings = get_settings()
     if not (token or settings.token):
         _fail(RuntimeError("a worker needs a token: --token or TUNEHUB_TOKEN (make one with `tunehub token create`)"))
-
-    def pick(value: Any, default: Any) -> Any:
-        return default if value is None else value
 
     try:
         cpu_list = parse_cpu_list(cpus) if cpus else None
@@ -179,31 +176,23 @@ def worker(
             target=_target(target) if target else None,
             name=name,
             cpus=cpu_list,
-            cuda_compiler=pick(cuda_compiler, settings.worker_cuda_compiler),
+            cuda_compiler=cuda_compiler or settings.worker_cuda_compiler,
         )
-        timing = Timing(
-            number=pick(number, settings.worker_number),
-            repeat=pick(repeat, settings.worker_repeat),
-            min_repeat_ms=pick(min_repeat_ms, settings.worker_min_repeat_ms),
-            warmup=pick(warmup, settings.worker_warmup),
-            cache_flush=pick(cache_flush, settings.worker_cache_flush),
+        options = WorkerOptions.from_settings(
+            settings,
+            max_candidates=max_candidates,
+            build_workers=build_workers,
+            build_timeout_s=build_timeout_s,
+            run_timeout_s=run_timeout_s,
+            number=number,
+            repeat=repeat,
+            min_repeat_ms=min_repeat_ms,
+            warmup=warmup,
+            cache_flush=cache_flush,
+            pin=pin,
+            calibrate_every_s=calibrate_every_s,
         )
-        options: dict[str, Any] = {
-            "max_candidates": max_candidates,
-            "build_timeout_s": pick(build_timeout_s, settings.worker_build_timeout_s),
-            "run_timeout_s": pick(run_timeout_s, settings.worker_run_timeout_s),
-            "timing": timing,
-            "pin": pick(pin, settings.worker_pin),
-            "calibrate_every_s": pick(calibrate_every_s, settings.worker_calibrate_every_s),
-            "calibration_tolerance": settings.worker_calibration_tolerance,
-            "interference_tolerance": settings.worker_interference_tolerance,
-            "interference_retries": settings.worker_interference_retries,
-            "quiet_wait_s": settings.worker_quiet_wait_s,
-        }
-        workers_per_device = pick(build_workers, settings.worker_build_workers)
-        if workers_per_device is not None:
-            options["build_workers"] = workers_per_device
-        daemons = daemons_for(plans, server or settings.server, token or settings.token, **options)
+        daemons = daemons_for(plans, server or settings.server, token or settings.token, options)
     except (BadInput, ValueError) as exc:
         _fail(exc)
     fleet = WorkerFleet(daemons)

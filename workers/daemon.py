@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from common import errors
+from common.client import Stopped, TunehubClient
 from common.protocol import (
     Calibration,
     CandidateResult,
@@ -34,7 +35,6 @@ from common.protocol import (
     WorkerRegister,
 )
 from common.targets import canonical_target, target_label
-from workers.api import ServiceClient, Stopped, TransientError
 from workers.detect import (
     NO_CUDA_COMPILER,
     available_cores,
@@ -43,7 +43,8 @@ from workers.detect import (
     host_arch,
     runs_here,
 )
-from workers.measure import Item, ItemResult, Measurer, Timing
+from workers.measure import Item, Measurer
+from workers.options import WorkerOptions
 from workers.sandbox_client import SandboxStartError
 
 log = logging.getLogger("workers.daemon")
@@ -51,58 +52,31 @@ log = logging.getLogger("workers.daemon")
 _LOST = (errors.LeaseLost, errors.Conflict, errors.NotFound)  # the lease is no longer ours
 _AUTH = (errors.Unauthorized, errors.Forbidden)
 MAX_SANDBOX_START_FAILURES = 3
-MAX_DEFAULT_BUILDERS = 4
-
-
-def default_build_workers(devices: int = 1) -> int:
-    """Builder processes per device by default: the cores shared among the devices, at most 4.
-
-    Each builder holds a TVM process (~300 MB); past a few, a batch of 8 is
-    built no faster.
-    """
-    return max(1, min(MAX_DEFAULT_BUILDERS, len(available_cores()) // max(1, devices)))
 
 
 class WorkerDaemon:
     """Serves one target on one device for one service until ``stop()``; ``run()`` once per instance.
 
-    Measurement (see ``workers.measure``): ``build_workers`` sandboxes build a
-    batch in parallel (``build_timeout_s`` each), then one runner sandbox
-    checks and times each candidate (``run_timeout_s`` each, twice that the
-    first time it sees a workload: it also builds and runs the untuned
-    reference) with its threads pinned to ``cpus`` (default: the first
-    ``num-cores`` CPUs this process may use; ``pin=False`` leaves them free).
+    ``options`` say how it leases and measures (``workers.options``). The runner's
+    threads are pinned to ``cpus`` (default: the first ``num-cores`` CPUs this
+    process may use; ``options.pin`` off leaves them free).
     """
 
     def __init__(
         self,
         server_url: str,
         token: str,
+        options: WorkerOptions | None = None,
         *,
         target: dict[str, Any] | None = None,
         name: str | None = None,
         hardware: dict[str, Any] | None = None,
-        max_candidates: int = 8,
-        poll_s: float = 1.0,
-        build_timeout_s: float = 30.0,
-        run_timeout_s: float = 60.0,
-        build_workers: int | None = None,
-        timing: Timing | None = None,
-        check: bool = True,
         cpus: list[int] | None = None,
-        pin: bool = True,
         cuda_compiler: str | None = None,
-        calibrate_every_s: float = 30.0,
-        calibration_tolerance: float = 1.3,
-        interference_tolerance: float = 0.2,
-        interference_retries: int = 2,
-        quiet_wait_s: float = 10.0,
-        heartbeat_s: float | None = None,
-        http_timeout_s: float = 30.0,
-        backoff_max_s: float = 30.0,
         sandbox_env: dict[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ):
+        self.options = options = options or WorkerOptions()
         self.target: dict[str, Any] = dict(target) if target else detect_cpu_target(len(cpus) if cpus else None)
         _, self.target_key = canonical_target(self.target)  # BadInput now, not after registering
         kind = str(self.target["kind"])
@@ -115,17 +89,21 @@ class WorkerDaemon:
             raise errors.BadInput(NO_CUDA_COMPILER)
         self.name = name or socket.gethostname()
         self.hardware = hardware
-        self.max_candidates = max_candidates
-        self.poll_s = poll_s
-        self.heartbeat_s = heartbeat_s
         self.worker_id: int | None = None
         self.measured = 0  # candidates reported, errors included
         self._stop = threading.Event()
         self._fatal: BaseException | None = None  # set by a side thread that must stop the daemon
         self._start_failures = 0
         self._sent_calibration: Calibration | None = None  # the last one the service acknowledged
-        self.api = ServiceClient(
-            server_url, token, stop=self._stop, timeout_s=http_timeout_s, backoff_max_s=backoff_max_s, transport=transport
+        self.api = TunehubClient(
+            server_url,
+            token,
+            stop=self._stop,
+            timeout_s=options.http_timeout_s,
+            connect_timeout_s=10.0,
+            backoff_max_s=options.backoff_max_s,
+            transport=transport,
+            user_agent="tunehub-worker",
         )
         cores = available_cores()
         if kind == "cuda":
@@ -133,24 +111,15 @@ class WorkerDaemon:
         else:
             # TVM_NOTES §0: TVM uses 1 thread on 2 cores unless told; measure with what the target says.
             threads = len(cpus) if cpus else int(self.target.get("num-cores") or len(cores))
-        if cpus is None and pin and threads <= len(cores):
+        if cpus is None and options.pin and threads <= len(cores):
             cpus = cores[:threads]
         self.measurer = Measurer(
             self.target,
-            build_workers=default_build_workers() if build_workers is None else build_workers,
-            build_timeout_s=build_timeout_s,
-            run_timeout_s=run_timeout_s,
-            timing=timing or Timing(cache_flush=kind == "llvm"),
-            check=check,
-            cpus=cpus if pin else None,
+            options,
+            cpus=cpus if options.pin else None,
             num_threads=threads,
             cuda_compiler=cuda_compiler,
             env=sandbox_env,
-            calibrate_every_s=calibrate_every_s,
-            calibration_tolerance=calibration_tolerance,
-            interference_tolerance=interference_tolerance,
-            interference_retries=interference_retries,
-            quiet_wait_s=quiet_wait_s,
         )
 
     # --- lifecycle ------------------------------------------------------------------
@@ -179,7 +148,7 @@ class WorkerDaemon:
             while not self._stop.is_set():
                 lease = self._lease()
                 if lease is None or lease.lease_id is None or not lease.candidates:
-                    self._stop.wait(self.poll_s)
+                    self._stop.wait(self.options.poll_s)
                     continue
                 self._work(lease)
         except Stopped:
@@ -237,7 +206,7 @@ class WorkerDaemon:
     def _lease(self) -> LeaseResponse | None:
         assert self.worker_id is not None
         try:
-            return self.api.lease(LeaseRequest(worker_id=self.worker_id, max_candidates=self.max_candidates))
+            return self.api.lease(LeaseRequest(worker_id=self.worker_id, max_candidates=self.options.max_candidates))
         except errors.NotFound as exc:  # the service forgot us (fresh database): register again
             log.warning("service does not know worker %d (%s); registering again", self.worker_id, exc)
             self._register()
@@ -253,7 +222,7 @@ class WorkerDaemon:
         try:
             self.api.release(lease_id, ReleaseRequest(worker_id=self.worker_id))
             log.info("released lease %d (%d candidates unmeasured)", lease_id, count)
-        except (TransientError, errors.TunehubError) as exc:
+        except errors.TunehubError as exc:
             log.warning("could not release lease %d (%s); its candidates return when it expires", lease_id, exc)
 
     # --- one batch ----------------------------------------------------------------------
@@ -262,7 +231,7 @@ class WorkerDaemon:
         assert lease.lease_id is not None and self.worker_id is not None
         lease_id, worker_id = lease.lease_id, self.worker_id
         started = time.monotonic()
-        interval = self.heartbeat_s or max(lease.ttl_s / 3.0, 0.1)
+        interval = self.options.heartbeat_s or max(lease.ttl_s / 3.0, 0.1)
         done, lost = threading.Event(), threading.Event()
         beat = threading.Thread(
             target=self._heartbeat_loop, args=(lease_id, interval, done, lost), name=f"heartbeat-{lease_id}", daemon=True
@@ -271,7 +240,7 @@ class WorkerDaemon:
         remaining = {c.id for c in lease.candidates}
         errors_seen = 0
 
-        def report(results: list[ItemResult]) -> bool:
+        def report(results: list[CandidateResult]) -> bool:
             nonlocal errors_seen
             if lost.is_set():
                 return False
@@ -280,10 +249,7 @@ class WorkerDaemon:
             calibration = self.measurer.calibration
             body = ResultsReport(
                 worker_id=worker_id,
-                results=[
-                    CandidateResult(candidate_id=r.candidate_id, run_secs=r.run_secs, error=r.error, flagged=r.flagged)
-                    for r in results
-                ],
+                results=results,
                 calibration=calibration if calibration != self._sent_calibration else None,
             )
             try:
@@ -346,7 +312,7 @@ class WorkerDaemon:
             while not done.wait(interval):
                 try:
                     self.api.heartbeat(lease_id, HeartbeatRequest(worker_id=self.worker_id))
-                except TransientError as exc:
+                except errors.Unavailable as exc:
                     log.warning("heartbeat for lease %d failed (%s); trying again in %.1f s", lease_id, exc, interval)
                 except _LOST as exc:
                     log.warning("lease %d lost (%s); abandoning the batch", lease_id, exc)

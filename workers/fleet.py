@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import BadInput
-from workers.daemon import WorkerDaemon, default_build_workers
+from workers.daemon import WorkerDaemon
 from workers.detect import (
     NO_CUDA_COMPILER,
     Device,
@@ -30,6 +30,7 @@ from workers.detect import (
     find_cuda_compiler,
     parse_device,
 )
+from workers.options import WorkerOptions, default_build_workers
 
 log = logging.getLogger("workers.fleet")
 
@@ -110,20 +111,22 @@ def plan_devices(
     return plans
 
 
-def daemons_for(plans: list[DevicePlan], server: str, token: str, **options: Any) -> list[WorkerDaemon]:
-    """One daemon per plan; ``options`` are WorkerDaemon keywords shared by all."""
-    options.setdefault("build_workers", default_build_workers(len(plans)))
+def daemons_for(plans: list[DevicePlan], server: str, token: str, options: WorkerOptions | None = None) -> list[WorkerDaemon]:
+    """One daemon per plan, all with ``options`` (builders default to the cores shared among the devices)."""
+    options = options or WorkerOptions()
+    if options.build_workers is None:
+        options = options.replace(build_workers=default_build_workers(len(plans)))
     return [
         WorkerDaemon(
             server,
             token,
+            options,
             target=p.target,
             name=p.name,
             hardware=p.hardware,
             cpus=p.cpus,
             sandbox_env=p.sandbox_env,
             cuda_compiler=p.cuda_compiler,
-            **options,
         )
         for p in plans
     ]

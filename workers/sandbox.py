@@ -6,36 +6,17 @@ stdin, one JSON reply per line on stdout. A candidate that segfaults, aborts or
 hangs takes only this process down; the parent
 (``workers.sandbox_client.Sandbox``) names the cause and starts another.
 
-Ops (``op`` defaults to ``"measure"``); every reply echoes ``id``::
+The messages are ``workers.sandbox_protocol``'s models: ``build`` (apply a trace,
+build, export to files), ``run`` (load a builder's artifact, check it against the
+reference, time it), ``measure`` (both in this one process, nothing on disk),
+``calibrate`` (time the fixed calibration kernel) and ``ping``. ``mod_json`` may be
+omitted once this process has seen the workload; an unknown workload without it
+answers ``missing_workload`` so the parent can resend. Failures answer
+``"<stage>: <reason>"`` with an ``ErrorKind``; stages: request, load workload,
+target, apply trace, build, export, load, reference build, reference run, run,
+wrong output.
 
-    build      {"workload_hash", "mod_json"?, "trace", "target", "out": path prefix}
-               -> {"artifact", "check_artifact", "timed_args", "runnable", "linked",
-                   "device_binaries", "note", "t_start", "t_end"}
-    run        {"workload_hash", "mod_json"?, "target", "artifact", "check_artifact",
-                "timed_args", "device_binaries", "check", timing...}
-               -> {"run_secs": [one per repeat], "others_busy", "t_start", "t_end",
-                   "cuda_binaries": {"hits", "misses"} (CUDA: builders' binaries used / compiled here)}
-    measure    build and run in this one process, nothing written to disk:
-               {"workload_hash", "mod_json"?, "trace", "target", "check", timing...}
-               -> {"run_secs": [...], "others_busy"}
-    calibrate  {"target", "repeat", "min_repeat_ms"} -> {"secs": median, "results": [...]}
-    ping       -> {"ok": true}
-
-Timing fields (TVM's ``time_evaluator`` plus two of ours): ``number``,
-``repeat``, ``min_repeat_ms``, ``warmup`` (untimed calls first) and
-``cache_flush`` (flush the CPU caches before each repeat with TVM's
-``cache_flush_cpu_non_first_arg``; CPU targets only). ``others_busy`` is the
-share of this process's CPUs that other processes used while it timed
-(``CpuLoad``), None where /proc/stat is unreadable.
-
-``mod_json`` may be omitted once this process has seen the workload; an unknown
-workload without it answers ``"missing_workload": true`` so the parent can
-resend. Failures answer ``{"error": "<stage>: <reason>"}`` with stage one of
-request, load workload, target, apply trace, build, export, load, reference
-build, reference run, run, wrong output.
-
-Test-only ops, honoured only when ``TUNEHUB_SANDBOX_TEST_OPS=1``:
-``{"op": "crash", "signal": "SIGSEGV"}`` and ``{"op": "sleep", "seconds": s}``.
+Test-only ops ``crash`` and ``sleep`` are honoured only when ``TUNEHUB_SANDBOX_TEST_OPS=1``.
 """
 
 from __future__ import annotations
@@ -53,12 +34,16 @@ from typing import IO, Any
 
 import numpy as np
 
+from common.processes import die_with_parent
+from common.protocol import ErrorKind
+from workers import sandbox_protocol as sp
 from workers.building import ArgSpec, Built, PrebuiltCuda, arg_specs, needs_intrinsics
 from workers.checking import compare, numpy_dtype, random_array  # noqa: F401  (re-exported)
 from workers.timing import CpuLoad, pin_threads, time_it
 
 TEST_OPS_ENV = "TUNEHUB_SANDBOX_TEST_OPS"
 MAX_ERROR_CHARS = 2000
+TIMING_FIELDS = set(sp.TimingFields.model_fields)
 REFERENCE_CACHE = 4  # workloads whose inputs and reference outputs stay in memory
 
 
@@ -73,11 +58,17 @@ def device_for(target_kind: str) -> Any:
     raise ValueError(f"Unknown device for target kind: {target_kind}")
 
 
+STAGE_KINDS: dict[str, ErrorKind] = {"run": ErrorKind.run, "wrong output": ErrorKind.wrong_output}
+"""The error kind of a failed stage; every other stage (request, load workload, target, apply
+trace, build, export, load, reference build, reference run) is a build failure."""
+
+
 class StageError(Exception):
-    """A failure in one stage of a measurement; becomes ``{"error": "<stage>: ..."}``."""
+    """A failure in one stage of a measurement; becomes ``{"error": "<stage>: ...", "error_kind"}``."""
 
     def __init__(self, stage: str, reason: str):
         super().__init__(f"{stage}: {reason}")
+        self.kind = STAGE_KINDS.get(stage, ErrorKind.build)
 
 
 class _MissingWorkload(Exception):
@@ -142,52 +133,49 @@ class SandboxServer:
         if kind == "cuda":
             self.cuda.install()
 
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, request: sp.Request) -> sp.Reply:
         """One reply for one request; never raises."""
-        op = request.get("op", "measure")
         started = time.time()
+        reply: sp.Reply
         try:
-            if op == "measure":
+            if isinstance(request, sp.MeasureRequest):
                 reply = self.measure(request)
-            elif op == "build":
+            elif isinstance(request, sp.BuildRequest):
                 reply = self.build(request)
-            elif op == "run":
+            elif isinstance(request, sp.RunRequest):
                 reply = self.run(request)
-            elif op == "calibrate":
+            elif isinstance(request, sp.CalibrateRequest):
                 reply = self.calibrate(request)
-            elif op == "ping":
-                reply = {"ok": True}
-            elif self.test_ops and op == "crash":
-                os.kill(os.getpid(), getattr(signal, request.get("signal", "SIGSEGV")))
+            elif isinstance(request, sp.PingRequest):
+                reply = sp.Pong()
+            elif self.test_ops and isinstance(request, sp.CrashRequest):
+                os.kill(os.getpid(), getattr(signal, request.signal))
                 time.sleep(10)  # the signal lands first
-                reply = {"error": "crash: signal did not kill the sandbox"}
-            elif self.test_ops and op == "sleep":
-                time.sleep(float(request.get("seconds", 3600)))
-                reply = {"ok": True}
+                reply = sp.failed(ErrorKind.crash, "crash: signal did not kill the sandbox")
+            elif self.test_ops and isinstance(request, sp.SleepRequest):
+                time.sleep(request.seconds)
+                reply = sp.Pong()
             else:
-                reply = {"error": f"request: unknown op {op!r}"}
+                reply = sp.failed(ErrorKind.build, f"request: unknown op {request.op!r}")
         except _MissingWorkload as exc:
-            reply = {"error": str(exc), "missing_workload": True}
+            reply = sp.failed(ErrorKind.build, str(exc), missing_workload=True)
         except StageError as exc:
-            reply = {"error": str(exc)}
+            reply = sp.failed(exc.kind, str(exc))
         except Exception as exc:  # noqa: BLE001 - a failure is a reply, never a dead sandbox
-            reply = {"error": f"sandbox: {_reason(exc)}"}
-        if op in ("build", "run", "measure"):  # when the work happened, errors included (for the timeline)
-            reply.setdefault("t_start", started)
-            reply["t_end"] = time.time()
-        if "id" in request:
-            reply["id"] = request["id"]
+            reply = sp.failed(ErrorKind.run, f"sandbox: {_reason(exc)}")
+        if request.op in ("build", "run", "measure") and isinstance(reply, (sp.Failed, sp.Built, sp.Timed)):
+            reply.t_start = started  # when the work happened, errors included (for the timeline)
+            reply.t_end = time.time()
+        reply.id = request.id
         return reply
 
     # --- workloads and references ------------------------------------------
 
-    def _workload(self, request: dict[str, Any]) -> _Workload:
-        key = str(request.get("workload_hash") or "")
-        if not key:
-            raise StageError("request", "workload_hash is missing")
+    def _workload(self, request: sp.WorkloadRequest) -> _Workload:
+        key = request.workload_hash
         if key in self._workloads:
             return self._workloads[key]
-        text = request.get("mod_json")
+        text = request.mod_json
         if not text:
             raise _MissingWorkload(f"load workload: workload {key} is unknown to this sandbox and no mod_json was sent")
         with _Stage("load workload"):
@@ -230,22 +218,17 @@ class SandboxServer:
 
     # --- the ops ------------------------------------------------------------
 
-    def _target(self, request: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def _target(self, request: sp.WorkloadRequest | sp.CalibrateRequest) -> tuple[Any, dict[str, Any]]:
         from workers.building import build_target
 
         with _Stage("target"):
-            target_json = request["target"]
-            if not isinstance(target_json, dict):
-                raise ValueError(f"target must be a JSON object, got {target_json!r}")
-            return build_target(target_json), target_json
+            return build_target(request.target), request.target
 
-    def _build(self, request: dict[str, Any], workload: _Workload, target: Any) -> Built:
+    def _build(self, request: sp.BuildRequest | sp.MeasureRequest, workload: _Workload, target: Any) -> Built:
         from workers.building import build_scheduled, schedule
 
         with _Stage("apply trace"):
-            if "trace" not in request:
-                raise ValueError("no trace in request")
-            trace = request["trace"]
+            trace = request.trace
             if needs_intrinsics(trace) and not self._intrinsics:
                 from common.tvm_env import prepare_tvm
 
@@ -253,9 +236,9 @@ class SandboxServer:
                 self._intrinsics = True
             scheduled = schedule(workload.mod, trace)
         with _Stage("build"):
-            return build_scheduled(scheduled, workload.entry, target, check=bool(request.get("check", True)))
+            return build_scheduled(scheduled, workload.entry, target, check=request.check)
 
-    def build(self, request: dict[str, Any]) -> dict[str, Any]:
+    def build(self, request: sp.BuildRequest) -> sp.Built:
         """Build a candidate and write it to disk for a runner (op ``build``)."""
         from workers.building import export_built
 
@@ -263,54 +246,50 @@ class SandboxServer:
         target, target_json = self._target(request)
         built = self._build(request, workload, target)
         with _Stage("export"):
-            out = str(request["out"])
-            info = export_built(built, target_json, out, cuda_compiler=self.cuda.mode)
-        return info
+            info = export_built(built, target_json, request.out, cuda_compiler=self.cuda.mode)
+        return sp.Built.model_validate(info)
 
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+    def run(self, request: sp.RunRequest) -> sp.Timed:
         """Load a builder's artifact, check it against the reference, time it (op ``run``)."""
         from workers.building import load_artifact
 
-        key = str(request.get("workload_hash") or "")
         workload = self._workload(request)
         target, target_json = self._target(request)
         with _Stage("target"):
             dev = device_for(str(target.kind.name))
         with _Stage("load"):
             self.cuda.arch = target_json
-            for b in request.get("device_binaries") or []:
-                self.cuda.binaries[str(b["sha256"])] = str(b["path"])
-            timed = load_artifact(str(request["artifact"]))
-            check_path = request.get("check_artifact")
-            checked = load_artifact(str(check_path)) if check_path else timed
-            timed_args = [(str(n), str(d), tuple(int(x) for x in s)) for n, d, s in request["timed_args"]]
+            for b in request.device_binaries:
+                self.cuda.binaries[b.sha256] = b.path
+            timed = load_artifact(request.artifact)
+            checked = load_artifact(request.check_artifact) if request.check_artifact else timed
+            timed_args = [(n, d, tuple(s)) for n, d, s in request.timed_args]
         built = Built(timed=timed, checked=checked, timed_args=timed_args)
-        run_secs, others = self._check_and_time(key, workload, built, dev, request)
-        reply: dict[str, Any] = {"run_secs": run_secs, "others_busy": others}
+        run_secs, others = self._check_and_time(workload, built, dev, request)
+        reply = sp.Timed(run_secs=run_secs, others_busy=others)
         if self.kind == "cuda":  # did loading use the builders' binaries, or compile again?
-            reply["cuda_binaries"] = {"hits": self.cuda.hits, "misses": self.cuda.misses}
+            reply.cuda_binaries = {"hits": self.cuda.hits, "misses": self.cuda.misses}
         return reply
 
-    def measure(self, request: dict[str, Any]) -> dict[str, Any]:
+    def measure(self, request: sp.MeasureRequest) -> sp.Timed:
         """Build, check and time in this process, nothing on disk (op ``measure``)."""
-        key = str(request.get("workload_hash") or "")
         workload = self._workload(request)
         target, _ = self._target(request)
         with _Stage("target"):
             dev = device_for(str(target.kind.name))
         built = self._build(request, workload, target)
-        run_secs, others = self._check_and_time(key, workload, built, dev, request)
-        return {"run_secs": run_secs, "others_busy": others}
+        run_secs, others = self._check_and_time(workload, built, dev, request)
+        return sp.Timed(run_secs=run_secs, others_busy=others)
 
     def _check_and_time(
-        self, key: str, workload: _Workload, built: Built, dev: Any, request: dict[str, Any]
+        self, workload: _Workload, built: Built, dev: Any, request: sp.RunRequest | sp.MeasureRequest
     ) -> tuple[list[float], float | None]:
         """(every repeat's seconds, the share of our CPUs other processes used meanwhile)."""
         import tvm
 
         tensors = None
-        if request.get("check", True):
-            ref = self._reference(key, workload)
+        if request.check:
+            ref = self._reference(request.workload_hash, workload)
             with _Stage("run"):
                 tensors = [tvm.runtime.tensor(a, dev) for a in ref.inputs]
                 built.checked[workload.entry](*tensors)
@@ -329,10 +308,10 @@ class SandboxServer:
                 rng = np.random.default_rng(workload.seed)
                 tensors = [tvm.runtime.tensor(random_array(rng, d, s), dev) for _, d, s in built.timed_args]
             with CpuLoad(self.cpus) as load:
-                run_secs = time_it(built.timed, workload.entry, dev, tensors, request)
+                run_secs = time_it(built.timed, workload.entry, dev, tensors, request.model_dump(include=TIMING_FIELDS))
             return run_secs, load.others
 
-    def calibrate(self, request: dict[str, Any]) -> dict[str, Any]:
+    def calibrate(self, request: sp.CalibrateRequest) -> sp.Calibrated:
         """Time the fixed calibration kernel on this process's device (op ``calibrate``)."""
         import tvm
 
@@ -352,13 +331,13 @@ class SandboxServer:
         rt_mod, tensors = self._calibration[cache_key]
         timing = {
             "number": 1,
-            "repeat": int(request.get("repeat", 7)),
-            "min_repeat_ms": int(request.get("min_repeat_ms", 10)),
+            "repeat": request.repeat,
+            "min_repeat_ms": request.min_repeat_ms,
             "warmup": 2,
         }
         with _Stage("run"), CpuLoad(self.cpus) as load:
             results = time_it(rt_mod, "main", dev, tensors, timing)
-        return {"secs": float(np.median(results)), "results": results, "others_busy": load.others}
+        return sp.Calibrated(secs=float(np.median(results)), results=results, others_busy=load.others)
 
 
 def _claim_stdout() -> IO[str]:
@@ -369,20 +348,6 @@ def _claim_stdout() -> IO[str]:
     return os.fdopen(reply_fd, "w", buffering=1, encoding="utf-8")
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL if the daemon dies, even mid-measurement (stdin EOF waits)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.sandbox", description=__doc__.splitlines()[0])
     parser.add_argument("--kind", default="llvm", help="target kind (its tensor intrinsics load when a trace needs them)")
@@ -390,11 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", default=None, help="pin one measuring thread to each of these CPUs, e.g. 0,1")
     parser.add_argument("--cuda-compiler", default=None, help="nvcc or nvrtc: how CUDA source becomes a binary")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    parent = os.environ.get(sp.PARENT_PID_ENV)
+    die_with_parent(signal.SIGKILL, parent_pid=int(parent) if parent else None)  # even mid-measurement
     out = _claim_stdout()
 
-    def reply(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    def reply(message: sp.Reply) -> None:
+        out.write(message.model_dump_json(exclude_none=True) + "\n")
         out.flush()
 
     from common.tvm_env import prepare_tvm
@@ -410,16 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     server = SandboxServer(
         test_ops=os.environ.get(TEST_OPS_ENV) == "1", kind=args.kind, cuda_compiler=args.cuda_compiler, cpus=cpus
     )
-    reply({"ready": True, "pid": os.getpid(), "tvm": tvm.__version__, "cpus": cpus or sorted(os.sched_getaffinity(0))})
+    reply(sp.Ready(pid=os.getpid(), tvm=tvm.__version__, cpus=cpus or sorted(os.sched_getaffinity(0))))
     for line in sys.stdin:
         if not line.strip():
             continue
         try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise ValueError("a request must be a JSON object")
-        except ValueError as exc:
-            reply({"error": f"request: not a JSON object: {exc}"})
+            request = sp.REQUEST.validate_json(line)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            reply(sp.failed(ErrorKind.build, f"request: not a valid request: {str(exc)[:MAX_ERROR_CHARS]}"))
             continue
         reply(server.handle(request))
     return 0

@@ -10,7 +10,6 @@ daemon's loop never dies of it; only a sandbox that cannot start at all raises
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import re
@@ -23,23 +22,24 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from pydantic import BaseModel
+
+from common.protocol import ErrorKind, MeasurementOutcome
+from workers import sandbox_protocol as sp
+
 log = logging.getLogger("workers.sandbox")
 
 STDERR_TAIL_LINES = 20
 _BACKTRACE_LINE = re.compile(r'^\s*(File "|!!!!!!! |Stack trace|\d+: 0x|Traceback \(most recent)')
 
 
-@dataclass(frozen=True)
-class Measured:
-    """One candidate's outcome, as reported: ``run_secs`` or ``error``.
-
-    ``interrupted`` means the sandbox was closed under the measurement (the
-    daemon is stopping); it says nothing about the candidate, so do not report it.
-    """
-
-    run_secs: list[float] | None = None
-    error: str | None = None
-    interrupted: bool = False
+def outcome_from_reply(reply: sp.Reply) -> MeasurementOutcome:
+    """A run or measure reply as the one outcome type."""
+    if isinstance(reply, sp.Failed):
+        return MeasurementOutcome.failed(reply.error_kind, reply.error)
+    if isinstance(reply, sp.Timed):
+        return MeasurementOutcome(run_secs=list(reply.run_secs))
+    return MeasurementOutcome.failed(ErrorKind.crash, f"sandbox protocol error: no run_secs in {reply!r}"[:500])
 
 
 class SandboxStartError(RuntimeError):
@@ -48,6 +48,10 @@ class SandboxStartError(RuntimeError):
 
 class _Died(Exception):
     """The process closed its stdout: it is dead or dying."""
+
+
+class _Unreadable(Exception):
+    """The process wrote a line that is not a reply."""
 
 
 def _exit_reason(returncode: int | None) -> str:
@@ -71,16 +75,16 @@ class _Process:
     known: set[str] = field(default_factory=set)  # workload hashes sent to this process
     buf: bytes = b""
 
-    def send(self, obj: dict[str, Any]) -> None:
+    def send(self, message: BaseModel) -> None:
         assert self.popen.stdin is not None
         try:
-            self.popen.stdin.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+            self.popen.stdin.write(message.model_dump_json(exclude_none=True).encode() + b"\n")
             self.popen.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise _Died() from exc
 
-    def read(self, deadline: float) -> dict[str, Any] | None:
-        """The next reply, or None at the deadline; raises _Died at EOF."""
+    def read(self, deadline: float) -> sp.Reply | None:
+        """The next reply, or None at the deadline; raises _Died at EOF, _Unreadable for a bad line."""
         assert self.popen.stdout is not None
         fd = self.popen.stdout.fileno()
         while b"\n" not in self.buf:
@@ -96,12 +100,9 @@ class _Process:
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
         try:
-            reply = json.loads(line)
-        except ValueError:
-            reply = None
-        if not isinstance(reply, dict):
-            return {"error": f"sandbox protocol error: unreadable reply {line[:200]!r}", "_protocol": True}
-        return reply
+            return sp.REPLY.validate_json(line)
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            raise _Unreadable(f"sandbox protocol error: unreadable reply {line[:200]!r}") from None
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -177,7 +178,8 @@ class Sandbox:
         self._closed = threading.Event()
         self._seq = 0
         self.starts = 0  # processes started so far (for logs and tests)
-        self.ready: dict[str, Any] = {}  # the last process's ready line (pid, tvm, cpus)
+        self.ready: sp.Ready | None = None  # the last process's ready line (pid, tvm, cpus)
+        self.in_flight: str | None = None  # the op of the request being answered now (observable by tests)
 
     # --- public -------------------------------------------------------------
 
@@ -198,76 +200,80 @@ class Sandbox:
                 raise SandboxStartError("sandbox is closed")
             self._ensure()
 
-    def measure(self, request: dict[str, Any], timeout_s: float) -> Measured:
-        """Measure one candidate (see ``workers.sandbox`` for the request format).
+    def measure(self, request: sp.Request | dict[str, Any], timeout_s: float) -> MeasurementOutcome | None:
+        """Measure one candidate; None when the sandbox was closed under it (that says
+        nothing about the candidate).
 
-        Returns an error result for anything the candidate causes: build error,
+        Anything the candidate causes is an outcome with an error: build error,
         wrong output, crash (``sandbox crashed: killed by SIGSEGV``), or no reply
         within ``timeout_s`` (``timeout: no result after N s``).
         """
         reply = self.call(request, timeout_s)
-        if reply.get("interrupted"):
-            return Measured(error=str(reply.get("error") or "sandbox closed"), interrupted=True)
-        if reply.get("error"):
-            return Measured(error=str(reply["error"]))
-        run_secs = reply.get("run_secs")
-        if not isinstance(run_secs, list) or not run_secs:
-            return Measured(error=f"sandbox protocol error: no run_secs in {reply!r}")
-        return Measured(run_secs=[float(s) for s in run_secs])
+        return None if reply is None else outcome_from_reply(reply)
 
-    def call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Send one request and return the reply; never raises for what a candidate does.
+    def call(self, request: sp.Request | dict[str, Any], timeout_s: float) -> sp.Reply | None:
+        """Send one request (a model, or its JSON dict) and return the reply; None when the
+        sandbox was closed under it. Never raises for what a candidate does.
 
-        A crash answers ``{"error": "sandbox crashed: killed by SIGSEGV; last output: ..."}``,
-        no reply within ``timeout_s`` answers ``{"error": "timeout: no result after N s"}``
-        (the process is killed and the next call starts another), and a sandbox
-        closed under the request answers ``{"error": "sandbox closed", "interrupted": True}``.
-        Raises ``SandboxStartError`` only when no process can be started.
+        A crash answers ``Failed(crash, "sandbox crashed: killed by SIGSEGV; last output: ...")``,
+        no reply within ``timeout_s`` ``Failed(timeout, "timeout: no result after N s")`` (the
+        process is killed and the next call starts another). Raises ``SandboxStartError``
+        only when no process can be started.
         """
-        closed = {"error": "sandbox closed", "interrupted": True}
+        message = sp.REQUEST.validate_python(request) if isinstance(request, dict) else request
         with self._io:
+            self.in_flight = message.op
+            try:
+                return self._call_locked(message, timeout_s)
+            finally:
+                self.in_flight = None
+
+    def _call_locked(self, request: sp.Request, timeout_s: float) -> sp.Reply | None:
+        if self._closed.is_set():
+            return None
+        try:
+            proc = self._ensure()
+        except SandboxStartError:
             if self._closed.is_set():
-                return closed
-            try:
-                proc = self._ensure()
-            except SandboxStartError:
-                if self._closed.is_set():
-                    return closed
-                raise
-            msg = dict(request)
-            key = str(msg.get("workload_hash") or "")
-            if key in proc.known:
-                msg.pop("mod_json", None)
-            deadline = time.monotonic() + timeout_s
-            try:
-                reply = self._exchange(proc, msg, deadline)
-                if reply is not None and reply.get("missing_workload") and request.get("mod_json"):
-                    msg["mod_json"] = request["mod_json"]  # the process lost or never had it
-                    reply = self._exchange(proc, msg, deadline)
-            except _Died:
-                reason = proc.reap()
-                self._proc = None
-                if self._closed.is_set():
-                    return closed
-                words = proc.last_words()
-                log.warning("%s %d crashed (%s): %s", self.name, proc.popen.pid, reason, words)
-                return {"error": f"sandbox crashed: {reason}" + (f"; last output: {words}" if words else "")}
-            if reply is None:
-                proc.kill()
-                proc.reap()
-                self._proc = None
-                if self._closed.is_set():
-                    return closed
-                log.warning("%s %d timed out after %g s; killed", self.name, proc.popen.pid, timeout_s)
-                return {"error": f"timeout: no result after {timeout_s:g} s"}
-            if msg.get("mod_json") and key:
-                proc.known.add(key)
-            if reply.get("_protocol") or reply.get("id") != msg["id"]:
-                proc.kill()
-                proc.reap()
-                self._proc = None
-                return {"error": str(reply.get("error") or f"sandbox protocol error: reply {reply!r} to {msg['id']}")}
-            return reply
+                return None
+            raise
+        key = getattr(request, "workload_hash", "")
+        sent_workload = bool(key) and key not in proc.known and getattr(request, "mod_json", None) is not None
+        msg = request if not key or sent_workload else request.model_copy(update={"mod_json": None})
+        deadline = time.monotonic() + timeout_s
+        try:
+            reply = self._exchange(proc, msg, deadline)
+            if isinstance(reply, sp.Failed) and reply.missing_workload and getattr(request, "mod_json", None):
+                sent_workload = True  # the process lost or never had it
+                reply = self._exchange(proc, request, deadline)
+        except _Died:
+            reason = proc.reap()
+            self._proc = None
+            if self._closed.is_set():
+                return None
+            words = proc.last_words()
+            log.warning("%s %d crashed (%s): %s", self.name, proc.popen.pid, reason, words)
+            return sp.failed(ErrorKind.crash, f"sandbox crashed: {reason}" + (f"; last output: {words}" if words else ""))
+        except _Unreadable as exc:
+            self._discard(proc)
+            return sp.failed(ErrorKind.crash, str(exc))
+        if reply is None:
+            self._discard(proc)
+            if self._closed.is_set():
+                return None
+            log.warning("%s %d timed out after %g s; killed", self.name, proc.popen.pid, timeout_s)
+            return sp.failed(ErrorKind.timeout, f"timeout: no result after {timeout_s:g} s")
+        if sent_workload:
+            proc.known.add(key)
+        if reply.id != self._seq:
+            self._discard(proc)
+            return sp.failed(ErrorKind.crash, f"sandbox protocol error: reply {reply!r} to {self._seq}")
+        return reply
+
+    def _discard(self, proc: _Process) -> None:
+        proc.kill()
+        proc.reap()
+        self._proc = None
 
     def interrupt(self) -> None:
         """Kill the process without waiting: a ``measure`` in flight returns ``interrupted``.
@@ -297,11 +303,10 @@ class Sandbox:
 
     # --- internals ------------------------------------------------------------
 
-    def _exchange(self, proc: _Process, msg: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+    def _exchange(self, proc: _Process, msg: sp.Request, deadline: float) -> sp.Reply | None:
         self._seq += 1
-        msg["id"] = self._seq
         proc.stderr_tail.clear()  # last words should be this request's
-        proc.send(msg)
+        proc.send(msg.model_copy(update={"id": self._seq}))
         return proc.read(deadline)
 
     def _ensure(self) -> _Process:
@@ -315,6 +320,7 @@ class Sandbox:
     def _spawn(self) -> _Process:
         env = dict(os.environ)
         env.update(self._extra_env)
+        env[sp.PARENT_PID_ENV] = str(os.getpid())
         cmd = [self._python, "-m", "workers.sandbox", "--kind", self.target_kind]
         threads = len(self.cpus) or self.num_threads
         if threads:
@@ -343,11 +349,12 @@ class Sandbox:
         self.starts += 1
         try:
             ready = proc.read(time.monotonic() + self.start_timeout_s)
-        except _Died:
+        except (_Died, _Unreadable):
             self._proc = None
+            proc.kill()
             reason = proc.reap()
             raise SandboxStartError(f"sandbox {reason} while starting: {proc.last_words(10)}") from None
-        if ready is None or not ready.get("ready"):
+        if not isinstance(ready, sp.Ready):
             self._proc = None
             proc.kill()
             reason = proc.reap()
@@ -360,8 +367,8 @@ class Sandbox:
             "%s %d started (tvm %s, %s threads%s)",
             self.name,
             popen.pid,
-            ready.get("tvm"),
+            ready.tvm,
             threads or "default",
-            f", pinned to CPUs {ready.get('cpus')}" if self.cpus else "",
+            f", pinned to CPUs {ready.cpus}" if self.cpus else "",
         )
         return proc

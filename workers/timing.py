@@ -1,12 +1,39 @@
-"""Timing inside the runner sandbox: the timed loop, CPU pinning and the interference gauge."""
+"""How candidates are timed: the settings, the timed loop, CPU pinning and the interference gauge."""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 CACHE_FLUSH = "cache_flush_cpu_non_first_arg"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How one candidate is timed (all repeats are reported).
+
+    ``number``/``repeat``/``min_repeat_ms`` are TVM's ``time_evaluator``
+    settings; ``warmup`` untimed calls come first; ``cache_flush`` flushes CPU
+    caches before each repeat (CPU targets only; with it ``number`` should stay
+    1 and ``min_repeat_ms`` small, or the flush is amortised away).
+    """
+
+    number: int = 1
+    repeat: int = 5
+    min_repeat_ms: int = 20
+    warmup: int = 1
+    cache_flush: bool = True
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "repeat": self.repeat,
+            "min_repeat_ms": self.min_repeat_ms,
+            "warmup": self.warmup,
+            "cache_flush": self.cache_flush,
+        }
 
 
 class CpuLoad:

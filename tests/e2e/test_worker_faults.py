@@ -145,7 +145,10 @@ def test_bad_candidates_cost_a_sandbox_and_the_worker_keeps_serving(stack) -> No
     assert {r.worker_id for r in got.values()} == {worker_id}
     with stack.client() as client:
         cal = client.workers()[0].calibration
-    assert cal is not None and cal.status in ("ok", "degraded") and cal.samples >= 1  # reported with results
+    assert cal is not None  # reported with results
+    # Counted calibrations say ok or degraded; on a busy machine every one may have been too
+    # disturbed to count, and then the status is unknown.
+    assert (cal.status in ("ok", "degraded"), cal.status == "unknown") == (cal.samples >= 1, cal.samples == 0), cal
 
     # Restarted (same name, token and target), it comes back as the same worker.
     assert stack.procs["w"].send_signal(signal.SIGTERM) is None
@@ -170,21 +173,26 @@ def test_service_restart_and_sigterm_mid_batch(stack) -> None:
     worker = stack.procs["w"]
 
     # The service dies under the worker, stays away a few seconds, comes back on the same data.
+    retried = stack.log("w").read_text().count("retrying in")
     os.killpg(stack.procs["service"].pid, signal.SIGKILL)
     stack.procs["service"].wait()
-    time.sleep(3)
+    wait_for(lambda: stack.log("w").read_text().count("retrying in") >= retried + 2, timeout_s=120,
+             what="the worker backing off", on_timeout=stack.logs)
     assert worker.poll() is None, stack.logs()  # retrying, not crashed
     stack.start_service(tuner=False)
     after = q.enqueue(("matmul64", good[2]), ("matmul64", good[0]))
     measured = _wait_measured(q, after, stack, timeout_s=120)
     assert {r.worker_id for r in measured.values()} == {worker_id} and all(r.error is None for r in measured.values())
     assert worker.poll() is None and _worker_ids(stack) == [worker_id]
-    assert "retrying in" in stack.log("w").read_text()  # it backed off while the service was down
 
     # SIGTERM mid-batch: the candidate in flight (it never returns) and those after it go back at once.
     batch = q.enqueue(("matmul64", good[1]), ("hang", EMPTY_TRACE), ("matmul64", good[2]), ("matmul64", good[0]))
     _wait_measured(q, batch[:1], stack)
-    time.sleep(1)  # the runner is now inside the program that never returns
+    # The runner is now inside the program that never returns: its sandboxes keep burning CPU.
+    # (The assertions below hold whenever the SIGTERM lands; this makes it land mid-candidate.)
+    burnt = _children_cpu_s(worker.pid)
+    wait_for(lambda: _children_cpu_s(worker.pid) > burnt + 1.0, timeout_s=60, poll_s=0.1,
+             what="the hanging candidate running", on_timeout=stack.logs)
     stopped_at = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
@@ -203,6 +211,25 @@ def test_service_restart_and_sigterm_mid_batch(stack) -> None:
     assert sorted(c["id"] for c in lease["candidates"]) == rest
     other.close()
     q.close()
+
+
+def _children_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the live children of ``pid`` (its sandboxes)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _transposed_b(mod: Any) -> str:

@@ -26,6 +26,7 @@ from tvm_helpers import matmul_workload
 
 from common.targets import canonical_target
 from common.tvm_json import workload_hash, workload_to_json
+from workers import sandbox_protocol as sp
 from workers.detect import ARM_TRIPLE, cuda_target, find_cuda_compiler
 from workers.sandbox_client import Sandbox
 
@@ -65,16 +66,11 @@ def ms_candidates(target: dict[str, Any], count: int = 2) -> list[str]:
     return [trace_to_json(c.sch.trace) for c in cands[:count]]
 
 
-def build_request(target: dict[str, Any], trace: str, out: Path) -> dict[str, Any]:
+def build_request(target: dict[str, Any], trace: str, out: Path) -> sp.BuildRequest:
     mod = matmul_workload(N)
-    return {
-        "op": "build",
-        "workload_hash": workload_hash(mod),
-        "mod_json": workload_to_json(mod),
-        "trace": trace,
-        "target": target,
-        "out": str(out),
-    }
+    return sp.BuildRequest(
+        workload_hash=workload_hash(mod), mod_json=workload_to_json(mod), trace=trace, target=target, out=str(out)
+    )
 
 
 def elf_machine(path: str) -> int:
@@ -106,15 +102,15 @@ def test_cuda_candidate_builds_for_sm(cap: str, cuda_sandbox: Sandbox, tmp_path:
     generated_s = time.monotonic() - started
     for i, trace in enumerate(traces):
         built = cuda_sandbox.call(build_request(target, trace, tmp_path / f"c{i}"), 300)
-        assert built.get("error") is None, built.get("error")
-        assert built["artifact"].endswith(".so") and Path(built["artifact"]).stat().st_size > 0
-        assert built["runnable"]  # runs on the GPU host it was built for
+        assert isinstance(built, sp.Built), built
+        assert built.artifact.endswith(".so") and Path(built.artifact).stat().st_size > 0
+        assert built.runnable  # runs on the GPU host it was built for
         if NVCC is None:
-            assert built["device_binaries"] == []
+            assert built.device_binaries == []
             continue
-        (binary,) = built["device_binaries"]
-        data = Path(binary["path"]).read_bytes()
-        assert binary["format"] == "fatbin" and len(data) == binary["bytes"] > 1000
+        (binary,) = built.device_binaries
+        data = Path(binary.path).read_bytes()
+        assert binary.format == "fatbin" and len(data) == binary.bytes > 1000
         assert struct.unpack_from("<I", data)[0] == FATBIN_MAGIC
     print(f"{target['arch']}: {len(traces)} candidates generated in {generated_s:.1f} s (incl. cuda intrinsics import)")
     if NVCC is None:
@@ -137,14 +133,14 @@ def test_aarch64_candidates_cross_build(arm_traces: list[str], tmp_path: Path) -
     with Sandbox(num_threads=1) as builder:
         for i, trace in enumerate(arm_traces):
             built = builder.call(build_request(ARM_TARGET, trace, tmp_path / f"a{i}"), 300)
-            assert built.get("error") is None, built.get("error")
-            assert built["runnable"] is False  # not on this x86 machine
-            assert elf_machine(built["artifact"]) == EM_AARCH64
+            assert isinstance(built, sp.Built), built
+            assert built.runnable is False  # not on this x86 machine
+            assert elf_machine(built.artifact) == EM_AARCH64
             if ARM_GCC:
-                assert built["linked"] and built["artifact"].endswith(".so")
+                assert built.linked and built.artifact.endswith(".so")
             else:
-                assert not built["linked"] and built["artifact"].endswith(".o")
-                assert "no aarch64-linux-gnu-gcc" in built["note"]
+                assert not built.linked and built.artifact.endswith(".o")
+                assert "no aarch64-linux-gnu-gcc" in built.note
     if not ARM_GCC:
         pytest.skip("aarch64-linux-gnu-gcc not installed (apt-get install gcc-aarch64-linux-gnu): checked the object file only")
 
@@ -159,20 +155,20 @@ def test_runner_answers_tvm_cuda_compile_from_the_builders_binaries(cuda_sandbox
     target = cuda_target("9.0")
     trace = ms_candidates(target, 1)[0]
     built = cuda_sandbox.call(build_request(target, trace, tmp_path / "c"), 300)
-    assert built.get("error") is None, built.get("error")
+    assert isinstance(built, sp.Built), built
     # (Loading the .so needs the CUDA driver; the same build here gives the same source.)
     source = cuda_source(build_candidate(matmul_workload(N), "main", trace, build_target(target)).timed)
     assert source is not None
     prebuilt = PrebuiltCuda(NVCC.mode if NVCC else None)
     prebuilt.arch = target
-    for b in built["device_binaries"]:
-        prebuilt.binaries[b["sha256"]] = b["path"]
+    for b in built.device_binaries:
+        prebuilt.binaries[b.sha256] = b.path
     if NVCC is None:
         with pytest.raises(RuntimeError, match="no CUDA compiler"):
             prebuilt.compile(source)
         pytest.skip("no nvcc: the runner would say so rather than fail obscurely")
     assert source_sha(source) in prebuilt.binaries  # the exported module carries the same source
-    assert prebuilt.compile(source) == Path(built["device_binaries"][0]["path"]).read_bytes()
+    assert prebuilt.compile(source) == Path(built.device_binaries[0].path).read_bytes()
     assert (prebuilt.hits, prebuilt.misses) == (1, 0)
     fresh = prebuilt.compile(source.replace("extern \"C\"", "extern \"C\" ", 1))  # unknown source: compiled here
     assert struct.unpack_from("<I", fresh)[0] == FATBIN_MAGIC and prebuilt.misses == 1

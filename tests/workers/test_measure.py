@@ -10,10 +10,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from worker_helpers import transposed_b_trace
+from worker_helpers import FakeClock, ScriptedLoad, transposed_b_trace
 
 from workers.detect import available_cores
-from workers.measure import Calibrator, Item, ItemResult, Measurer, Timing
+from workers.interference import InterferencePolicy, ProcStatLoad
+from workers.calibration import Calibrator
+from common.protocol import CandidateResult, ErrorKind
+from workers.measure import Item, Measurer
+from workers.options import WorkerOptions
+from workers.timing import Timing
 
 FAST = Timing(number=1, repeat=2, min_repeat_ms=0, warmup=1, cache_flush=True)
 
@@ -22,15 +27,15 @@ def _items(workload: dict[str, Any], traces: list[Any]) -> list[Item]:
     return [Item(100 + i, workload["hash"], workload["mod_json"], t) for i, t in enumerate(traces)]
 
 
-def _collect(measurer: Measurer, items: list[Item]) -> list[ItemResult]:
-    got: list[ItemResult] = []
+def _collect(measurer: Measurer, items: list[Item]) -> list[CandidateResult]:
+    got: list[CandidateResult] = []
     measurer.measure(items, lambda rs: got.extend(rs) or True)
     return got
 
 
 def test_builds_run_in_parallel_and_runs_alone(workload: dict[str, Any]) -> None:
     traces = list(workload["traces"]) + [transposed_b_trace(workload["mod"]), '[[["Nope",[],[],[]]],[]]']
-    m = Measurer(workload["target"], build_workers=2, timing=FAST, calibrate_every_s=3600)
+    m = Measurer(workload["target"], WorkerOptions(build_workers=2, timing=FAST, calibrate_every_s=3600))
     try:
         m.start()
         got = _collect(m, _items(workload, traces))
@@ -39,7 +44,8 @@ def test_builds_run_in_parallel_and_runs_alone(workload: dict[str, Any]) -> None
     by_id = {r.candidate_id: r for r in got}
     assert sorted(by_id) == [100, 101, 102, 103, 104]  # every candidate answered once
     assert got[0].candidate_id == 104 and got[0].error.startswith("apply trace:")  # build errors come first
-    assert by_id[103].error.startswith("wrong output:")
+    assert got[0].error_kind is ErrorKind.build
+    assert by_id[103].error.startswith("wrong output:") and by_id[103].error_kind is ErrorKind.wrong_output
     assert all(by_id[i].run_secs and len(by_id[i].run_secs) == 2 for i in (100, 101, 102))
     builds = [(s, e) for kind, s, e in m.timeline if kind == "build"]
     runs = [(s, e) for kind, s, e in m.timeline if kind == "run"]
@@ -48,26 +54,40 @@ def test_builds_run_in_parallel_and_runs_alone(workload: dict[str, Any]) -> None
     assert all(e <= rs or s >= re for s, e in builds for rs, re in runs)
     # Parallel builds: two builder processes had builds in flight at the same moment.
     assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(builds) for b in builds[i + 1 :])
-    assert m.calibration is not None and m.calibration.status in ("ok", "degraded") and m.calibration.samples == 1
+    _assert_flags_consistent(m, got)
+
+
+def _assert_flags_consistent(m: Measurer, results: list[CandidateResult]) -> None:
+    """What holds however busy the machine is: the start calibration counted (ok: one sample is
+    its own baseline) or was too disturbed to count (unknown), and each result is flagged exactly
+    when the calibration is degraded or other processes disturbed its timing."""
+    cal = m.calibration
+    assert cal is not None and cal.samples <= 1
+    assert (cal.status, cal.samples) in (("ok", 1), ("unknown", 0)), cal
+    for r in results:
+        if r.run_secs:
+            assert r.flagged == (cal.status == "degraded" or m.interference.disturbed(m.others_busy[r.candidate_id])), r
 
 
 def test_single_process_mode_and_timeouts(workload: dict[str, Any]) -> None:
     """build_workers=0 builds in the runner; a build that outlives its timeout costs the process."""
-    m = Measurer(workload["target"], build_workers=0, timing=FAST, calibrate_every_s=0, build_timeout_s=60)
+    m = Measurer(workload["target"], WorkerOptions(build_workers=0, timing=FAST, calibrate_every_s=0, build_timeout_s=60))
     try:
         m.start()
         assert m.calibration is None  # calibration off
         got = _collect(m, _items(workload, [workload["traces"][0]]))
         assert got[0].run_secs, got[0].error
-        m.build_timeout_s, m.run_timeout_s = 0.001, 0.001
+        m.options = m.options.replace(build_timeout_s=0.001, run_timeout_s=0.001)
         slow = _collect(m, [Item(7, "fresh-hash", workload["mod_json"], workload["traces"][1])])
         assert slow[0].error is not None and slow[0].error.startswith("timeout: no result after"), slow[0].error
+        assert slow[0].error_kind is ErrorKind.timeout
     finally:
         m.close()
 
 
-def _burn(cpu: int, seconds: float) -> None:
+def _burn(cpu: int, seconds: float, spinning: Any) -> None:
     os.sched_setaffinity(0, {cpu})
+    spinning.set()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
@@ -75,28 +95,30 @@ def _burn(cpu: int, seconds: float) -> None:
 
 @contextmanager
 def _hog(cpu: int, seconds: float) -> Iterator[None]:
-    """Another process spinning on ``cpu`` for ``seconds`` (killed on exit), given 0.3 s to get going."""
-    hog = multiprocessing.get_context("spawn").Process(target=_burn, args=(cpu, seconds), daemon=True)
+    """Another process spinning on ``cpu`` for ``seconds`` (killed on exit)."""
+    ctx = multiprocessing.get_context("spawn")
+    spinning = ctx.Event()
+    hog = ctx.Process(target=_burn, args=(cpu, seconds, spinning), daemon=True)
     hog.start()
     try:
-        time.sleep(0.3)
+        assert spinning.wait(60), "the hog did not start"
         yield
     finally:
         hog.kill()
         hog.join()
 
 
-def _slow_runner(workload: dict[str, Any], cpu: int, *, retries: int, quiet_wait_s: float) -> Measurer:
+def _slow_runner(workload: dict[str, Any], cpu: int, policy: InterferencePolicy) -> Measurer:
     """A measurer pinned to ``cpu`` whose timings last long enough (4 × 150 ms) for a hog to show."""
     slow = Timing(number=1, repeat=4, min_repeat_ms=150, warmup=0, cache_flush=False)
-    return Measurer(workload["target"], build_workers=1, timing=slow, cpus=[cpu], calibrate_every_s=0,
-                    interference_retries=retries, quiet_wait_s=quiet_wait_s)
+    return Measurer(workload["target"], WorkerOptions(build_workers=1, timing=slow, calibrate_every_s=0), cpus=[cpu],
+                    interference=policy)
 
 
 def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None:
     """The hog never stops: the retry (after a short wait for quiet) is disturbed too, so the result is flagged."""
     cpu = available_cores()[-1]
-    m = _slow_runner(workload, cpu, retries=1, quiet_wait_s=0.5)
+    m = _slow_runner(workload, cpu, InterferencePolicy(retries=1, quiet_wait_s=0.5, load=ProcStatLoad([cpu])))
     try:
         m.start()
         items = _items(workload, [workload["traces"][0]])
@@ -105,45 +127,41 @@ def test_a_run_that_shares_its_core_is_flagged(workload: dict[str, Any]) -> None
     finally:
         m.close()
     assert disturbed.run_secs, disturbed.error
-    assert disturbed.others_busy is not None and disturbed.others_busy > 0.2, disturbed
+    others = m.others_busy[disturbed.candidate_id]
+    assert others is not None and others > 0.2, (others, disturbed)
     assert disturbed.flagged
 
 
-def test_a_disturbed_run_is_timed_again_once_the_cpu_is_quiet(workload: dict[str, Any]) -> None:
-    """A hog on the runner's core for ~2 s: the first timing is disturbed, the runner waits for quiet and
-    times again; the clean attempt is what is reported, unflagged."""
+def test_the_measurer_retries_through_its_policy(workload: dict[str, Any]) -> None:
+    """Every real timing counts as disturbed (tolerance below zero) and the injected load source
+    never goes quiet: the runner waits out ``quiet_wait_s`` on the injected clock (5 windows of
+    0.2 s), times again, and reports the result flagged since every attempt was disturbed."""
     cpu = available_cores()[-1]
-    m = _slow_runner(workload, cpu, retries=2, quiet_wait_s=20)
+    clock = FakeClock()
+    load = ScriptedLoad(clock, [1.0])
+    policy = InterferencePolicy(tolerance=-1.0, retries=1, quiet_wait_s=1.0, load=load, clock=clock, poll_s=0.2)
+    m = _slow_runner(workload, cpu, policy)
     try:
         m.start()
-        items = _items(workload, [workload["traces"][0]])
-        with _hog(cpu, 2.0):
-            start = time.monotonic()
-            result = _collect(m, items)[0]
-            elapsed = time.monotonic() - start
+        result = _collect(m, _items(workload, [workload["traces"][0]]))[0]
     finally:
         m.close()
-    assert result.run_secs, result.error
-    assert result.others_busy is not None and result.others_busy <= 0.2, result
-    assert not result.flagged
+    assert result.run_secs and len(result.run_secs) == 4, result.error
+    assert result.flagged and load.calls == 5
     assert len([t for t in m.timeline if t[0] == "run"]) == 1  # one candidate, one reported run
-    assert elapsed > 1.0  # it waited for the hog to end
 
 
 def test_a_disturbed_calibration_is_not_counted(workload: dict[str, Any]) -> None:
-    """A calibration that shares its core with a hog says nothing about the machine: not counted
-    (it would flag every result until the next one); once the core is free it counts."""
-    cpu = available_cores()[-1]
-    m = Measurer(workload["target"], build_workers=0, cpus=[cpu], calibrate_every_s=3600,
-                 interference_retries=1, quiet_wait_s=0.3)
+    """A calibration the policy judges disturbed says nothing about the machine: not counted (it
+    would flag every result until the next one); one it judges undisturbed counts."""
+    m = Measurer(workload["target"], WorkerOptions(build_workers=0, calibrate_every_s=3600),
+                 interference=InterferencePolicy(tolerance=-1.0, retries=1, quiet_wait_s=0, load=ScriptedLoad(FakeClock(), [1.0])))
     try:
-        m.start()  # calibrates once, on a quiet core
-        assert m.calibration is not None and m.calibration.samples == 1
-        with _hog(cpu, 30.0):
-            m.calibrate()
-            assert m.calibration.samples == 1 and m.calibration.status == "ok"
-        m.calibrate()
-        assert m.calibration.samples == 2 and m.calibration.status == "ok"
+        m.start()  # calibrates once: disturbed by the policy's measure
+        assert m.calibration is not None and m.calibration.samples == 0 and m.calibration.status == "unknown"
+        m.interference = InterferencePolicy(tolerance=float("inf"))
+        assert m.calibrate()
+        assert m.calibration.samples == 1 and m.calibration.status == "ok" and m.calibration.baseline_s > 0
     finally:
         m.close()
 

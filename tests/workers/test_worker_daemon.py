@@ -1,79 +1,64 @@
-"""The daemon's lease loop against a tiny real HTTP server on loopback.
+"""The daemon's lease loop against a scripted service behind httpx's ``MockTransport``.
 
-The real service is exercised end to end elsewhere; here a scripted stand-in
-checks what only a script can arrange cheaply: 503s and refused connections
-(backoff), a rejected token, a lost lease, and a stop in the middle of a batch.
-Measurements are real (real sandbox, real TVM).
+The real service (over real HTTP) is exercised end to end in tests/e2e; here a
+script arranges cheaply what the real one would not: 503s (backoff), a rejected
+token, a lost lease, and a stop in the middle of a batch. A refused connection
+is a real one (the discard port). Measurements are real (real sandbox, real TVM).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from common import errors
+from tests_support import wait_for
 from workers.daemon import WorkerDaemon
 from workers.fleet import WorkerFleet
-from workers.measure import Timing
+from workers.options import WorkerOptions
+from workers.timing import Timing
 
 Reply = tuple[int, dict[str, Any]]
 
 
-class FakeService:
-    """Routes POST paths to scripted handlers and records every request."""
+class ScriptedService:
+    """Routes POST paths to scripted handlers and records every request; ``transport`` serves them."""
+
+    url = "http://tunehub.test"
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, Any], str]] = []  # (path, body, auth header)
         self.routes: dict[str, Callable[[str, dict[str, Any]], Reply]] = {}
         self.lock = threading.Lock()
-        service = self
+        self.transport = httpx.MockTransport(self._handle)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                path = self.path.removeprefix("/api/v1")
-                with service.lock:
-                    service.requests.append((path, body, self.headers.get("Authorization", "")))
-                route = path.split("/")[1] + ("/" + path.split("/")[-1] if path.count("/") > 2 else "")
-                handler = service.routes.get(route)
-                status, reply = handler(path, body) if handler else (404, {"error": "not_found", "detail": path})
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-service", daemon=True)
-        self.thread.start()
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content or b"{}")
+        path = request.url.path.removeprefix("/api/v1")
+        with self.lock:
+            self.requests.append((path, body, request.headers.get("Authorization", "")))
+        route = path.split("/")[1] + ("/" + path.split("/")[-1] if path.count("/") > 2 else "")
+        handler = self.routes.get(route)
+        status, reply = handler(path, body) if handler else (404, {"error": "not_found", "detail": path})
+        return httpx.Response(status, json=reply)
 
     def calls(self, route: str) -> list[dict[str, Any]]:
         with self.lock:
             return [body for path, body, _ in self.requests if path.endswith(route)]
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
-def service() -> Iterator[FakeService]:
-    svc = FakeService()
-    yield svc
-    svc.close()
+def service() -> ScriptedService:
+    return ScriptedService()
 
 
 def registered(_: str, body: dict[str, Any]) -> Reply:
@@ -130,32 +115,27 @@ def start(daemon: WorkerDaemon) -> tuple[threading.Thread, list[BaseException]]:
     return thread, raised
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
-def make_daemon(url: str, workload: dict[str, Any], **kw: Any) -> WorkerDaemon:
-    timing = {k: kw.pop(k) for k in ("number", "repeat", "min_repeat_ms", "warmup", "cache_flush") if k in kw}
+def make_daemon(service: ScriptedService | None, workload: dict[str, Any], *, name: str = "w1", **options: Any) -> WorkerDaemon:
+    """A daemon on the scripted service (None: a real refused connection) with fast options."""
+    timing = {k: options.pop(k) for k in ("number", "repeat", "min_repeat_ms", "warmup", "cache_flush") if k in options}
     timing.setdefault("min_repeat_ms", 0)
-    kw.setdefault("build_workers", 1)
-    kw.setdefault("name", "w1")
-    daemon = WorkerDaemon(url, "tok-123", target=workload["target"], poll_s=0.05, timing=Timing(**timing), **kw)
+    opts = WorkerOptions(poll_s=0.05, build_workers=1, timing=Timing(**timing)).replace(**options)
+    url = service.url if service else "http://127.0.0.1:9"  # discard port: connection refused
+    transport = service.transport if service else None
+    daemon = WorkerDaemon(url, "tok-123", opts, target=workload["target"], name=name, transport=transport)
     daemon.api.backoff_initial_s = 0.02  # keep the retry test fast
     return daemon
 
 
-def test_batch_measured_and_reported_after_outages(service: FakeService, workload: dict[str, Any]) -> None:
+def test_batch_measured_and_reported_after_outages(service: ScriptedService, workload: dict[str, Any]) -> None:
     flaky = iter([(503, {"error": "internal", "detail": "db down"}), (502, {})])
     service.routes["workers"] = lambda p, b: next(flaky, None) or registered(p, b)
     service.routes["leases"] = one_lease(workload, [workload["traces"][0], "[[[\"Nope\",[],[],[]]],[]]"])
     service.routes["leases/results"] = results_ack
     service.routes["leases/heartbeat"] = heartbeat_ok
-    daemon = make_daemon(service.url, workload, repeat=2, heartbeat_s=0.05)
+    daemon = make_daemon(service, workload, repeat=2, heartbeat_s=0.05)
     thread, raised = start(daemon)
-    wait_for(lambda: len(service.calls("/results")) == 2)
+    wait_for(lambda: len(service.calls("/results")) == 2, timeout_s=120, what="two reports")
     daemon.stop()
     thread.join(timeout=30)
     assert not thread.is_alive() and not raised
@@ -170,27 +150,30 @@ def test_batch_measured_and_reported_after_outages(service: FakeService, workloa
     assert bad["candidate_id"] == 101 and bad["run_secs"] is None and bad["error"].startswith("apply trace:")
     assert all(body["worker_id"] == 7 for body in service.calls("/results"))
     first, second = (body["calibration"] for body in service.calls("/results"))
-    assert first["status"] == "ok" and first["samples"] >= 1 and first["baseline_s"] > 0
+    # The start calibration counted (ok) or, on a busy machine, was too disturbed to count (unknown).
+    assert (first["status"], first["samples"]) in (("ok", 1), ("unknown", 0)), first
+    assert first["status"] == "unknown" or first["baseline_s"] > 0
     assert second is None  # unchanged since the last report: not sent again
-    assert isinstance(good["flagged"], bool)  # True when other processes shared its cores (machine-dependent)
     assert service.calls("/heartbeat")  # beat while measuring (first candidate builds a reference)
     assert not service.calls("/release")  # nothing left to hand back
 
 
-def test_unreachable_service_is_retried_until_stop(workload: dict[str, Any]) -> None:
-    daemon = make_daemon("http://127.0.0.1:9", workload)  # discard port: connection refused
+def test_unreachable_service_is_retried_until_stop(workload: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="common.client")
+    daemon = make_daemon(None, workload)  # a real connection, refused
     thread, raised = start(daemon)
-    time.sleep(0.5)
-    assert thread.is_alive()  # still retrying, not crashed
+    retries = lambda: [r for r in caplog.records if "retrying in" in r.getMessage()]  # noqa: E731
+    wait_for(lambda: len(retries()) >= 3, timeout_s=60, poll_s=0.02, what="three retries")
+    assert thread.is_alive() and not raised  # still retrying, not crashed
     daemon.stop()
     daemon.stop()  # idempotent
     thread.join(timeout=10)
     assert not thread.is_alive() and not raised
 
 
-def test_rejected_token_stops_loudly(service: FakeService, workload: dict[str, Any]) -> None:
+def test_rejected_token_stops_loudly(service: ScriptedService, workload: dict[str, Any]) -> None:
     service.routes["workers"] = lambda p, b: (401, {"error": "unauthorized", "detail": "unknown token"})
-    daemon = make_daemon(service.url, workload)
+    daemon = make_daemon(service, workload)
     thread, raised = start(daemon)
     thread.join(timeout=10)
     assert not thread.is_alive()
@@ -198,14 +181,15 @@ def test_rejected_token_stops_loudly(service: FakeService, workload: dict[str, A
     assert "unknown token" in str(raised[0])
 
 
-def test_lost_lease_abandons_the_batch(service: FakeService, workload: dict[str, Any]) -> None:
+def test_lost_lease_abandons_the_batch(service: ScriptedService, workload: dict[str, Any]) -> None:
     service.routes["workers"] = registered
     service.routes["leases"] = one_lease(workload, list(workload["traces"]))
     service.routes["leases/results"] = results_ack
     service.routes["leases/heartbeat"] = lambda p, b: (409, {"error": "lease_lost", "detail": "lease 3 expired"})
-    daemon = make_daemon(service.url, workload, heartbeat_s=0.01)
+    daemon = make_daemon(service, workload, heartbeat_s=0.01)
     thread, raised = start(daemon)
-    wait_for(lambda: bool(service.calls("/heartbeat")) and len(service.calls("/leases")) >= 2)
+    wait_for(lambda: bool(service.calls("/heartbeat")) and len(service.calls("/leases")) >= 2,
+             timeout_s=120, poll_s=0.02, what="a lost heartbeat and the next lease")
     daemon.stop()
     thread.join(timeout=30)
     assert not raised
@@ -213,18 +197,19 @@ def test_lost_lease_abandons_the_batch(service: FakeService, workload: dict[str,
     assert not service.calls("/release")  # not ours to release
 
 
-def test_stop_mid_batch_releases_the_rest(service: FakeService, workload: dict[str, Any]) -> None:
+def test_stop_mid_batch_releases_the_rest(service: ScriptedService, workload: dict[str, Any]) -> None:
     service.routes["workers"] = registered
     service.routes["leases"] = one_lease(workload, list(workload["traces"]))
     service.routes["leases/results"] = results_ack
     service.routes["leases/heartbeat"] = heartbeat_ok
     service.routes["leases/release"] = lambda p, b: (200, {"released": 3})
     # A minute per timing run: the first candidate is still being timed when we stop.
-    daemon = make_daemon(service.url, workload, min_repeat_ms=60_000, heartbeat_s=0.05)
-    daemon.measurer.start()  # so that the sleep below is spent measuring, not starting
+    daemon = make_daemon(service, workload, min_repeat_ms=60_000, heartbeat_s=0.05)
+    daemon.measurer.start()  # started here, so the waits below are spent measuring
     thread, raised = start(daemon)
-    wait_for(lambda: len(service.calls("/heartbeat")) >= 2)
-    time.sleep(2)  # reference and check done: now inside the one-minute timing
+    # The runner is answering the candidate's run request (check, then the one-minute timing).
+    wait_for(lambda: daemon.measurer.runner.in_flight == "run", timeout_s=120, poll_s=0.02, what="the run in flight")
+    wait_for(lambda: len(service.calls("/heartbeat")) >= 2, timeout_s=60, poll_s=0.02, what="heartbeats")
     stopped_at = time.monotonic()
     daemon.stop()
     thread.join(timeout=30)
@@ -234,16 +219,17 @@ def test_stop_mid_batch_releases_the_rest(service: FakeService, workload: dict[s
     assert service.calls("/leases/3/release") == [{"worker_id": 7}]
 
 
-def test_fleet_runs_a_daemon_per_device_and_a_failure_stops_all(service: FakeService, workload: dict[str, Any]) -> None:
+def test_fleet_runs_a_daemon_per_device_and_a_failure_stops_all(service: ScriptedService, workload: dict[str, Any]) -> None:
     ids = {"lab-cuda0": 1, "lab-cuda1": 2}
     service.routes["workers"] = lambda p, b: (200, {**registered(p, b)[1], "id": ids[b["name"]]})
     service.routes["leases"] = no_work
-    daemons = [make_daemon(service.url, workload, name=n, calibrate_every_s=0, build_workers=0) for n in ids]
+    daemons = [make_daemon(service, workload, name=n, calibrate_every_s=0, build_workers=0) for n in ids]
     fleet = WorkerFleet(daemons)
     raised: list[BaseException] = []
     thread = threading.Thread(target=lambda: _run_catching(fleet.run, raised), name="fleet-under-test", daemon=True)
     thread.start()
-    wait_for(lambda: {b["worker_id"] for b in service.calls("/leases")} == {1, 2})  # each leases as itself
+    wait_for(lambda: {b["worker_id"] for b in service.calls("/leases")} == {1, 2},
+             timeout_s=120, poll_s=0.02, what="both devices leasing")  # each leases as itself
     assert sorted(b["name"] for b in service.calls("/workers")) == ["lab-cuda0", "lab-cuda1"]
     fleet.stop()
     thread.join(timeout=30)
@@ -253,7 +239,7 @@ def test_fleet_runs_a_daemon_per_device_and_a_failure_stops_all(service: FakeSer
     service.routes["workers"] = lambda p, b: (
         (401, {"error": "unauthorized", "detail": "revoked"}) if b["name"] == "lab-cuda1" else registered(p, b)
     )
-    daemons = [make_daemon(service.url, workload, name=n, calibrate_every_s=0, build_workers=0) for n in ids]
+    daemons = [make_daemon(service, workload, name=n, calibrate_every_s=0, build_workers=0) for n in ids]
     fleet = WorkerFleet(daemons)
     raised.clear()
     thread = threading.Thread(target=lambda: _run_catching(fleet.run, raised), name="fleet-under-test", daemon=True)

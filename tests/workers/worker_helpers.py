@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 
 def measure_request(workload: dict[str, Any], trace: Any, **extra: Any) -> dict[str, Any]:
     """A sandbox request with fast timing settings."""
     req = {
+        "op": "measure",
         "workload_hash": workload["hash"],
         "mod_json": workload["mod_json"],
         "trace": trace,
@@ -48,3 +50,26 @@ def layout_free_candidate(n: int, trace: str) -> tuple[Any, str]:
     sch = apply_trace(mod, trace)
     assert ms.postproc.RewriteLayout().apply(sch)
     return mod, trace_to_json(sch.trace)
+
+
+class FakeClock:
+    """A clock that moves only when told (or when a ``ScriptedLoad`` window passes)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedLoad:
+    """Answers the scripted shares in turn (the last one forever); each window advances the clock."""
+
+    def __init__(self, clock: FakeClock, shares: list[float | None]) -> None:
+        self.clock, self.shares, self.calls = clock, list(shares), 0
+
+    def __call__(self, window_s: float, stop: threading.Event) -> float | None:
+        self.clock.now += window_s
+        share = self.shares[min(self.calls, len(self.shares) - 1)]
+        self.calls += 1
+        return share
