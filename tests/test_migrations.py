@@ -1,6 +1,5 @@
 """The Alembic migrations build the schema the models describe, on both backends."""
 
-import os
 import subprocess
 import sys
 import uuid

@@ -49,10 +49,12 @@ class Seeded:
 
 def _measure(target: dict[str, Any], items: list[Any]) -> tuple[list[Any], Any]:
     """Real measurements of ``items`` and the measurer's calibration."""
-    from workers.measure import Measurer, Timing
+    from workers.measure import Measurer
+    from workers.options import WorkerOptions
+    from workers.timing import Timing
 
     timing = Timing(number=1, repeat=3, min_repeat_ms=0, warmup=1, cache_flush=True)
-    measurer = Measurer(target, build_workers=1, timing=timing, calibrate_every_s=3600)
+    measurer = Measurer(target, WorkerOptions(build_workers=1, timing=timing, calibrate_every_s=3600))
     got: list[Any] = []
     try:
         measurer.start()
