@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from common.logs import setup_logging
 from common.settings import get_settings
@@ -248,38 +246,11 @@ def submit(
             job = client.create_job(uploaded.id, _target(target), trials)
             console.print(f"model {uploaded.id} ({uploaded.sha256[:12]}), job {job.id}: {len(job.tasks)} tasks")
             if wait:
-                follow_job(client, job.id)
+                from tunehub.views import follow_job
+
+                follow_job(console, client, job.id)
     except ApiError as exc:
         _fail(exc)
-
-
-def job_table(job: Any) -> Table:
-    """Progress of a job: trials per task and the best latency found so far."""
-    table = Table(title=f"job {job.id} [{job.status.value}] {job.trials_done}/{job.trials} trials")
-    for col in ("task", "weight", "trials", "valid", "best (µs)"):
-        table.add_column(col, justify="right" if col != "task" else "left")
-    for t in job.tasks:
-        best = f"{t.best_latency_s * 1e6:.2f}" if t.best_latency_s is not None else "-"
-        table.add_row(t.name, str(t.weight), str(t.trials_done), str(t.trials_valid), best)
-    return table
-
-
-def follow_job(client: Any, job_id: int, *, poll_s: float = 2.0, timeout_s: float | None = None) -> Any:
-    """Show live progress until the job is done, failed or cancelled; returns the final JobPublic."""
-    from rich.live import Live
-
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    job = client.job(job_id)
-    with Live(job_table(job), console=console, refresh_per_second=2, transient=not console.is_terminal) as live:
-        while job.status.value in ("queued", "running"):
-            if deadline and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout_s:.0f} s")
-            time.sleep(poll_s)
-            job = client.job(job_id)
-            live.update(job_table(job))
-    if not console.is_terminal:
-        console.print(job_table(job))
-    return job
 
 
 @app.command()
@@ -291,11 +262,12 @@ def status(
 ) -> None:
     """Show a job's progress: trials per task and best latency."""
     from common.client import ApiError
+    from tunehub.views import follow_job, job_table
 
     try:
         with _client(server, token) as client:
             if watch:
-                follow_job(client, job)
+                follow_job(console, client, job)
             else:
                 console.print(job_table(client.job(job)))
     except ApiError as exc:

@@ -48,7 +48,7 @@ def _wait_for_worker(client: Any, timeout_s: float = 120.0) -> Any:
 
 def run_demo(console: Console, *, workdir: Path, trials: int, models: list[str]) -> int:
     from tuner.configs import extract_config_zip
-    from tunehub.cli import follow_job
+    from tunehub.views import follow_job
     from common.client import TunehubClient
 
     started = time.monotonic()
@@ -85,7 +85,7 @@ def run_demo(console: Console, *, workdir: Path, trials: int, models: list[str])
             job = client.create_job(uploaded.id, target, trials)
             console.print(f"\n[bold]{name}[/bold]: model {uploaded.id}, job {job.id}, "
                           f"{len(job.tasks)} tasks, {trials} trials")
-            job = follow_job(client, job.id, timeout_s=1800)
+            job = follow_job(console, client, job.id, timeout_s=1800)
             if job.status.value != "done":
                 console.print(f"[red]job {job.id} ended {job.status.value}: {job.error}[/red]")
                 return 1
