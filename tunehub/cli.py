@@ -298,32 +298,50 @@ def configs(
 
 @app.command("compile")
 def compile_cmd(
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An ONNX file.")],
-    target: Annotated[str, typer.Option(help="Target JSON or 'local'.")] = "local",
+    model: Annotated[Path, typer.Argument(dir_okay=False, help="An ONNX file.")],
+    target: Annotated[str, typer.Option(help="Target JSON, a .json file holding it, or 'local'.")] = "local",
     configs_dir: Annotated[Optional[Path], typer.Option("--configs", help="Folder from `tunehub configs`.")] = None,
     shape: Annotated[Optional[list[str]], typer.Option(help="Input shape: name=d0,d1,...")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the compiled library (.so).")] = None,
     measure: Annotated[bool, typer.Option(help="Time the compiled model and print its median latency.")] = True,
+    repeat: Annotated[int, typer.Option(help="Timing samples.")] = 10,
+    min_repeat_ms: Annotated[int, typer.Option(help="Shortest length of one timing sample.")] = 50,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON line (latency, tuned functions, compile time); errors too.")
+    ] = False,
 ) -> None:
-    """Compile a model with downloaded configs (or untuned without them)."""
-    from tuner.compile import compile_model, measure_latency
-    from tuner.intake import inspect_onnx
+    """Compile a model with downloaded configs (or untuned without them) and time it.
 
+    With ``--json``, stdout carries exactly one JSON line, ``{"error", "detail"}``
+    with exit code 2 on bad input, so a script can run it in a fresh process.
+    """
     from common.errors import TunehubError
+    from tunehub.model_latency import compile_and_time
 
-    content = model.read_bytes()
-    tgt = _target(target)
-    shapes = _parse_shapes(shape)
     try:
-        inputs = inspect_onnx(content, shapes)
-        exe = compile_model(content, shapes, tgt, configs_dir)
+        result = compile_and_time(
+            model,
+            _target(target),
+            configs=configs_dir,
+            shapes=_parse_shapes(shape),
+            out=out,
+            measure=measure,
+            repeat=repeat,
+            min_repeat_ms=min_repeat_ms,
+        )
     except TunehubError as exc:
-        _fail(exc)
+        if not as_json:
+            _fail(exc)
+        print(json.dumps({"error": exc.code, "detail": exc.detail}), flush=True)
+        print(f"error: {exc.detail}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
     if out:
-        exe.export_library(str(out))
         console.print(f"library written to {out}")
     if measure:
-        console.print_json(json.dumps(measure_latency(exe, inputs.shapes, inputs.dtypes, tgt)))
+        console.print_json(json.dumps({k: result[k] for k in ("median_ms", "mean_ms", "min_ms", "runs_ms", "num_threads")}))
 
 
 @app.command()

@@ -27,13 +27,17 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _measure(model: Path, target: dict[str, Any], configs: Path | None, log: Path) -> dict[str, Any]:
-    """Compile and time a model in a fresh process; returns the JSON it prints."""
-    cmd = [sys.executable, "-m", "tuner.compile", "--model", str(model), "--target", json.dumps(target)]
+    """Compile and time a model with ``tunehub compile --json`` in a fresh process; returns its JSON line."""
+    cmd = [sys.executable, "-m", "tunehub", "compile", str(model), "--target", json.dumps(target), "--json"]
     if configs is not None:
         cmd += ["--configs", str(configs)]
     with log.open("ab") as err:
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, check=True, timeout=600).stdout
-    return json.loads(out.decode().strip().splitlines()[-1])
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, check=False, timeout=600)
+    lines = proc.stdout.decode().strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {"detail": f"no output (exit code {proc.returncode}); see {log}"}
+    if proc.returncode != 0 or "error" in result:
+        raise RuntimeError(f"compiling {model.name} failed: {result.get('detail')}")
+    return result
 
 
 def _wait_for_worker(client: Any, timeout_s: float = 120.0) -> Any:
