@@ -55,32 +55,23 @@ def _on_sigterm(stop: Any) -> None:
 
 
 def _parse_shapes(shapes: list[str] | None) -> dict[str, list[int]] | None:
-    """``["x=1,3,32,32"]`` → ``{"x": [1, 3, 32, 32]}``."""
-    if not shapes:
-        return None
-    out: dict[str, list[int]] = {}
-    for item in shapes:
-        name, _, dims = item.partition("=")
-        try:
-            out[name] = [int(d) for d in dims.split(",") if d]
-        except ValueError:
-            raise typer.BadParameter(f"--shape wants name=d0,d1,...; got {item!r}") from None
-    return out
+    """``--shape`` values (``x=1,3,32,32`` or JSON) → ``{"x": [1, 3, 32, 32]}``; BadInput says what is wrong."""
+    from common.shapes import parse_shapes
+
+    return parse_shapes(shapes, what="--shape")
+
+
+def _local_target() -> dict[str, Any]:
+    from workers.detect import detect_cpu_target
+
+    return detect_cpu_target()
 
 
 def _target(target: str) -> dict[str, Any]:
-    """A target JSON dict, or 'local' for this machine's CPU."""
-    if target == "local":
-        from workers.detect import detect_cpu_target
+    """``--target``: JSON, a .json file, a kind, or 'local' for this machine's CPU; BadInput says what is wrong."""
+    from common.targets import parse_target
 
-        return detect_cpu_target()
-    try:
-        value = json.loads(target)
-    except json.JSONDecodeError:
-        value = {"kind": target}
-    if not isinstance(value, dict):
-        raise typer.BadParameter('--target wants a JSON object like {"kind":"llvm","num-cores":4} or "local"')
-    return value
+    return parse_target(target, local=_local_target, what="--target")
 
 
 @app.command()
@@ -239,6 +230,7 @@ def submit(
 ) -> None:
     """Upload a model and start a tuning job for a target."""
     from common.client import ApiError
+    from common.errors import TunehubError
 
     try:
         with _client(server, token) as client:
@@ -249,7 +241,7 @@ def submit(
                 from tunehub.views import follow_job
 
                 follow_job(console, client, job.id)
-    except ApiError as exc:
+    except (ApiError, TunehubError) as exc:
         _fail(exc)
 
 
@@ -284,13 +276,14 @@ def configs(
     token: TokenOpt = None,
 ) -> None:
     """Download the best configs as a MetaSchedule JSON database (loadable by ms.database.JSONDatabase)."""
-    from tuner.configs import extract_config_zip
     from common.client import ApiError
+    from common.errors import TunehubError
+    from tuner.configs import extract_config_zip
 
     try:
         with _client(server, token) as client:
             data = client.download_configs(job=job, model=model, target=_target(target) if target else None)
-    except ApiError as exc:
+    except (ApiError, TunehubError) as exc:
         _fail(exc)
     path = extract_config_zip(data, out)
     console.print(f"configs written to {path}")
@@ -312,16 +305,17 @@ def compile_cmd(
 ) -> None:
     """Compile a model with downloaded configs (or untuned without them) and time it.
 
-    With ``--json``, stdout carries exactly one JSON line, ``{"error", "detail"}``
-    with exit code 2 on bad input, so a script can run it in a fresh process.
+    With --json, stdout carries exactly one JSON line (on bad input an error and
+    its detail, exit code 2), so a script can time a model in a fresh process.
     """
     from common.errors import TunehubError
+    from common.targets import canonical_target
     from tunehub.model_latency import compile_and_time
 
     try:
         result = compile_and_time(
             model,
-            _target(target),
+            canonical_target(_target(target))[0],
             configs=configs_dir,
             shapes=_parse_shapes(shape),
             out=out,
