@@ -25,6 +25,8 @@ console = Console()
 
 ServerOpt = Annotated[Optional[str], typer.Option("--server", help="Service URL (env TUNEHUB_SERVER).")]
 TokenOpt = Annotated[Optional[str], typer.Option("--token", help="API token (env TUNEHUB_TOKEN).")]
+TARGET_HELP = 'Target JSON like \'{"kind":"llvm","num-cores":8}\', a .json file holding it, or "local" (this CPU).'
+SHAPE_HELP = "Input shape for symbolic dims: name=d0,d1,... or a JSON object; repeat per input."
 
 
 def _client(server: str | None, token: str | None):  # type: ignore[no-untyped-def]
@@ -221,9 +223,9 @@ def token_create(
 @app.command()
 def submit(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An ONNX file.")],
-    target: Annotated[str, typer.Option(help='Target JSON, e.g. \'{"kind":"llvm","mcpu":"znver3","num-cores":8}\', or "local".')] = "local",
+    target: Annotated[str, typer.Option(help=TARGET_HELP)] = "local",
     trials: Annotated[int, typer.Option(help="Measurement budget across the model's tasks.")] = 64,
-    shape: Annotated[Optional[list[str]], typer.Option(help="Input shape for symbolic dims: name=d0,d1,...")] = None,
+    shape: Annotated[Optional[list[str]], typer.Option(help=SHAPE_HELP)] = None,
     wait: Annotated[bool, typer.Option(help="Follow progress until the job ends.")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -271,7 +273,7 @@ def configs(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder to extract the MetaSchedule database into.")],
     job: Annotated[Optional[int], typer.Option(help="Best configs for this job's tasks.")] = None,
     model: Annotated[Optional[int], typer.Option(help="Best configs for this model ...")] = None,
-    target: Annotated[Optional[str], typer.Option(help="... on this target (JSON).")] = None,
+    target: Annotated[Optional[str], typer.Option(help="... on this target (JSON, a .json file, or 'local').")] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -292,9 +294,9 @@ def configs(
 @app.command("compile")
 def compile_cmd(
     model: Annotated[Path, typer.Argument(dir_okay=False, help="An ONNX file.")],
-    target: Annotated[str, typer.Option(help="Target JSON, a .json file holding it, or 'local'.")] = "local",
+    target: Annotated[str, typer.Option(help=TARGET_HELP)] = "local",
     configs_dir: Annotated[Optional[Path], typer.Option("--configs", help="Folder from `tunehub configs`.")] = None,
-    shape: Annotated[Optional[list[str]], typer.Option(help="Input shape: name=d0,d1,...")] = None,
+    shape: Annotated[Optional[list[str]], typer.Option(help=SHAPE_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the compiled library (.so).")] = None,
     measure: Annotated[bool, typer.Option(help="Time the compiled model and print its median latency.")] = True,
     repeat: Annotated[int, typer.Option(help="Timing samples.")] = 10,
