@@ -8,7 +8,8 @@ What it does, with real components only:
 1. describes the machine: ``nvidia-smi``, the GPUs ``workers.detect`` finds, the
    CUDA compiler (nvcc or NVRTC) the worker would use, TVM's own view
    (``tvm.cuda(0).exist``, compute version);
-2. starts ``tunehub serve --no-tuner`` on a free loopback port (SQLite in a temp dir);
+2. starts ``tunehub serve --no-tuner`` on a free loopback port (SQLite in a temp
+   dir; ``tunehub.harness``);
 3. makes a job for the detected GPU's target and enqueues MetaSchedule
    candidates for a ``--size``³ fp32 matmul and a 256³ fp16 matmul (a cuda
    TuneContext, replay-trace, seed 0: what the tuner would propose);
@@ -20,18 +21,16 @@ What it does, with real components only:
    builder and a runner sandbox directly to show whether the runner loaded the
    builder's binary (``tvm_callback_cuda_compile`` hits) or compiled again.
 
-Prints a markdown summary; writes ``gpu_check.json`` and the service/worker logs
-to ``--out`` (default ``$OUT`` if set, else ``bench/results``). Exit code 0 when
-every candidate has a measurement and at least one ran on the GPU.
+Prints a markdown summary; writes ``gpu_check.json`` to ``--out`` (default
+``$OUT`` if set, else ``bench/results``) and the service/worker logs to
+``--out``/gpu_check_logs. Exit code 0 when every candidate has a measurement
+and at least one ran on the GPU.
 
-On a device machine of this workplace (TVM_NOTES §10: Python 3.12, no network,
-64 MiB carried per call): carry the repo plus a cp312 site folder holding
-apache-tvm 0.27.0.post1 (repacked without what CUDA does not need, or xz'd),
-apache-tvm-ffi 0.1.14.post0 and this package's dependencies, then
-``PYTHONPATH=<site>:. python bench/gpu_check.py``; plan one call of ~5 minutes.
-Status: written and rehearsed here without a GPU (``--arch sm_90``: everything
-up to the GPU run works, and the runs fail with the loader's reason); it awaits
-a run on a GPU machine.
+To run it on a GPU machine without network access, carry the repository and a
+site folder holding apache-tvm 0.27.0.post1, apache-tvm-ffi 0.1.14.post0 and
+this package's dependencies, then ``PYTHONPATH=<site>:. python bench/gpu_check.py``
+(about 5 minutes). ``--arch sm_90`` rehearses it on a machine without a GPU:
+everything up to the GPU run works, and the runs fail with the loader's reason.
 """
 
 from __future__ import annotations
@@ -179,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     result: dict[str, Any] = {"bench": "gpu_check", "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
-    from common.processes import free_port, spawn, stop, wait_healthy
     from tvm_helpers import matmul_workload
     from workers.detect import cuda_target, detect_gpus, find_cuda_compiler
 
@@ -202,39 +200,27 @@ def main(argv: list[str] | None = None) -> int:
     result["candidates_generated_s"] = round(time.monotonic() - t0, 1)
 
     tmp = Path(tempfile.mkdtemp(prefix="tunehub-gpu-check-"))
-    port, admin = free_port(), secrets.token_urlsafe(24)
-    server = f"http://127.0.0.1:{port}"
-    env = {"TUNEHUB_DATA_DIR": str(tmp / "data"), "TUNEHUB_ADMIN_TOKEN": admin, "TUNEHUB_PORT": str(port),
-           "TUNEHUB_DATABASE_URL": "", "TUNEHUB_LEASE_TTL_S": "60"}
-    db_url = f"sqlite:///{tmp / 'data' / 'tunehub.db'}"
-    service = spawn(["serve", "--no-tuner"], env=env, log=args.out / "gpu_check_service.log")
-    worker = None
-    try:
-        wait_healthy(server, timeout_s=120, proc=service)
-        queued = seed_job(db_url, target, workloads)
-        import httpx
+    from tunehub.harness import Harness
 
-        token = httpx.post(f"{server}/api/v1/tokens", json={"name": "gpu", "role": "worker"},
-                           headers={"Authorization": f"Bearer {admin}"}, timeout=30).json()["token"]
-        wargs = ["worker", "--server", server, "--token", token, "--device", "cuda:0", "--max-candidates", "16"]
+    with Harness(tmp, overrides={"TUNEHUB_LEASE_TTL_S": "60"}, log_dir=args.out / "gpu_check_logs") as stack:
+        stack.start_service(tuner=False)
+        queued = seed_job(stack.db_url, target, workloads)
+        wargs = ["--device", "cuda:0", "--max-candidates", "16"]
         if args.arch:
             wargs += ["--target", json.dumps(target)]
-        worker = spawn(wargs, env=env, log=args.out / "gpu_check_worker.log")
+        stack.start_worker("gpu-check", args=wargs)
+        worker = stack.procs["gpu-check"]
         deadline = time.monotonic() + args.timeout
         got: dict[int, dict[str, Any]] = {}
         while time.monotonic() < deadline and worker.poll() is None:
-            got = measurements(db_url)
+            got = measurements(stack.db_url)
             if len(got) >= len(queued):
                 break
             time.sleep(1)
         result["worker_exit"] = worker.poll()
         result["measurements"] = [{"workload": name, "candidate": cid, **got.get(cid, {"error": "not measured"})} for name, cid in queued]
-        workers = httpx.get(f"{server}/api/v1/workers", headers={"Authorization": f"Bearer {admin}"}, timeout=30).json()
-        result["workers"] = workers
-    finally:
-        if worker is not None:
-            stop(worker)
-        stop(service)
+        with stack.client() as client:
+            result["workers"] = [w.model_dump(mode="json") for w in client.workers()]
     result["direct"] = direct_check(target, workloads[0][1], workloads[0][2][0], compiler.mode if compiler else None, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     result["wall_s"] = round(time.monotonic() - started, 1)

@@ -55,7 +55,6 @@ from db import queue  # noqa: E402
 from db.engine import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from common.client import TunehubClient  # noqa: E402
-from common.processes import free_port, spawn, stop, wait_healthy  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("TUNEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGET = {"kind": "llvm", "num-cores": 2}
@@ -171,26 +170,12 @@ def database(backend: str, tmp: Path) -> Iterator[str]:
 @contextmanager
 def replicas(count: int, db_url: str, tmp: Path, admin: str, extra_env: dict[str, str]) -> Iterator[list[Any]]:
     """``count`` API-only services on one database; yields [(proc, url)]."""
-    env = {
-        "TUNEHUB_DATABASE_URL": db_url,
-        "TUNEHUB_DATA_DIR": str(tmp / "data"),
-        "TUNEHUB_ADMIN_TOKEN": admin,
-        "TUNEHUB_LEASE_TTL_S": "120",
-        "TUNEHUB_LOG_LEVEL": "WARNING",
-        **extra_env,
-    }
-    started = []
-    try:
-        for i in range(count):
-            port = free_port()
-            proc = spawn(["serve", "--no-tuner", "--port", str(port)], env=env, log=tmp / f"replica-{i}.log")
-            started.append((proc, f"http://127.0.0.1:{port}"))
-        for proc, url in started:
-            wait_healthy(url, timeout_s=120, proc=proc)
-        yield started
-    finally:
-        for proc, _ in started:
-            stop(proc)
+    from tunehub.harness import Harness
+
+    overrides = {"TUNEHUB_LEASE_TTL_S": "120", "TUNEHUB_LOG_LEVEL": "WARNING", **extra_env}
+    with Harness(tmp, database_url=db_url, admin=admin, overrides=overrides) as stack:
+        urls = [stack.start_replica(f"replica-{i}") for i in range(count)]
+        yield [(stack.procs[f"replica-{i}"], url) for i, url in enumerate(urls)]
 
 
 def setup_job(server: str, admin: str) -> tuple[str, list[int], str]:

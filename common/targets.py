@@ -1,4 +1,4 @@
-"""TVM targets as JSON dicts, canonicalised into a key.
+"""TVM targets as JSON dicts: parsed from what a person types, canonicalised into a key.
 
 Measurements compare only within one key. The key is the sorted JSON of TVM's
 own export of the target, so two spellings of the same target share a key and
@@ -8,9 +8,51 @@ an unknown kind or option is rejected with TVM's reason.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from common.errors import BadInput
+
+TARGET_FORMS = 'a JSON object like {"kind": "llvm", "num-cores": 4}, a .json file holding one, a kind such as llvm'
+
+
+def parse_target(
+    value: str | Mapping[str, Any],
+    *,
+    local: Callable[[], dict[str, Any]] | None = None,
+    what: str = "target",
+) -> dict[str, Any]:
+    """A target dict from JSON text, a ``.json`` file path, a bare kind (``llvm``) or ``local``.
+
+    ``local`` is the caller's detector for this machine's target (the CLI passes
+    the worker's CPU detection; ``common`` cannot import it); without one,
+    ``local`` is refused. Only the form is checked here, so it needs no TVM:
+    :func:`canonical_target` validates the contents. Raises BadInput.
+    """
+    if isinstance(value, Mapping):
+        return dict(value)
+    if not isinstance(value, str):
+        raise BadInput(f"{what} must be {TARGET_FORMS}; got {value!r}")
+    text = value.strip()
+    if text == "local":
+        if local is None:
+            raise BadInput(f"{what} 'local' (this machine) is only known on the machine itself; give {TARGET_FORMS}")
+        return local()
+    if not text.startswith(("{", "[")) and text.endswith(".json"):
+        try:
+            text = Path(text).read_text()
+        except OSError as exc:
+            raise BadInput(f"cannot read the {what} file {value}: {exc.strerror}") from None
+    if not text.startswith(("{", "[")) and text.replace("-", "").replace("_", "").isalnum():
+        return {"kind": text}
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{what} is not valid JSON ({exc}); give {TARGET_FORMS}, or local") from None
+    if not isinstance(parsed, dict):
+        raise BadInput(f"{what} must be a JSON object (with a 'kind'); give {TARGET_FORMS}; got {text[:200]!r}")
+    return parsed
 
 
 def _plain(obj: Any) -> Any:
@@ -29,18 +71,15 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-def canonical_target(target: dict[str, Any] | str) -> tuple[dict[str, Any], str]:
-    """Validate a target and return (canonical JSON dict, key).
+def canonical_target(target: Mapping[str, Any] | str) -> tuple[dict[str, Any], str]:
+    """Validate a target (a dict, or any text :func:`parse_target` reads) and return (canonical JSON dict, key).
 
     Raises BadInput with TVM's message for an unknown kind or option.
     """
     from tvm.target import Target  # heavy; only where used
 
-    if isinstance(target, str):
-        try:
-            target = json.loads(target)
-        except json.JSONDecodeError:
-            target = {"kind": target}
+    if isinstance(target, (str, Mapping)):
+        target = parse_target(target)
     if not isinstance(target, dict) or "kind" not in target:
         raise BadInput(f"target must be a JSON object with a 'kind' (it needs one), e.g. {{\"kind\": \"llvm\"}}; got {target!r}")
     try:

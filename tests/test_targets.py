@@ -1,9 +1,12 @@
-"""Target canonicalisation: one key per target, TVM's reasons for bad ones."""
+"""Target parsing and canonicalisation: the forms a person types, one key per target, TVM's reasons for bad ones."""
+
+import json
+from pathlib import Path
 
 import pytest
 
 from common.errors import BadInput
-from common.targets import canonical_target, target_label
+from common.targets import canonical_target, parse_target, target_label
 
 
 def test_spellings_of_one_target_share_a_key() -> None:
@@ -36,3 +39,29 @@ def test_bad_targets_say_why(target: object, needle: str) -> None:
     with pytest.raises(BadInput) as err:
         canonical_target(target)  # type: ignore[arg-type]
     assert needle in err.value.detail or needle in str(err.value)
+
+
+def test_parse_target_forms(tmp_path: Path) -> None:
+    want = {"kind": "llvm", "num-cores": 2}
+    path = tmp_path / "target.json"
+    path.write_text(json.dumps(want))
+    assert parse_target(json.dumps(want)) == want
+    assert parse_target(str(path)) == want
+    assert parse_target("llvm") == {"kind": "llvm"}
+    assert parse_target(" local ", local=lambda: want) == want
+    assert canonical_target(str(path))[1] == canonical_target(want)[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("local", "only known on the machine"),
+        ('{"kind": "llvm"', "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ("missing.json", "cannot read the --target file"),
+    ],
+)
+def test_parse_target_says_why(text: str, needle: str) -> None:
+    with pytest.raises(BadInput, match="--target") as err:
+        parse_target(text, what="--target")
+    assert needle in err.value.detail

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from common.logs import setup_logging
 from common.settings import get_settings
@@ -27,6 +25,8 @@ console = Console()
 
 ServerOpt = Annotated[Optional[str], typer.Option("--server", help="Service URL (env TUNEHUB_SERVER).")]
 TokenOpt = Annotated[Optional[str], typer.Option("--token", help="API token (env TUNEHUB_TOKEN).")]
+TARGET_HELP = 'Target JSON like \'{"kind":"llvm","num-cores":8}\', a .json file holding it, or "local" (this CPU).'
+SHAPE_HELP = "Input shape for symbolic dims: name=d0,d1,... or a JSON object; repeat per input."
 
 
 def _client(server: str | None, token: str | None):  # type: ignore[no-untyped-def]
@@ -57,32 +57,23 @@ def _on_sigterm(stop: Any) -> None:
 
 
 def _parse_shapes(shapes: list[str] | None) -> dict[str, list[int]] | None:
-    """``["x=1,3,32,32"]`` → ``{"x": [1, 3, 32, 32]}``."""
-    if not shapes:
-        return None
-    out: dict[str, list[int]] = {}
-    for item in shapes:
-        name, _, dims = item.partition("=")
-        try:
-            out[name] = [int(d) for d in dims.split(",") if d]
-        except ValueError:
-            raise typer.BadParameter(f"--shape wants name=d0,d1,...; got {item!r}") from None
-    return out
+    """``--shape`` values (``x=1,3,32,32`` or JSON) → ``{"x": [1, 3, 32, 32]}``; BadInput says what is wrong."""
+    from common.shapes import parse_shapes
+
+    return parse_shapes(shapes, what="--shape")
+
+
+def _local_target() -> dict[str, Any]:
+    from workers.detect import detect_cpu_target
+
+    return detect_cpu_target()
 
 
 def _target(target: str) -> dict[str, Any]:
-    """A target JSON dict, or 'local' for this machine's CPU."""
-    if target == "local":
-        from workers.detect import detect_cpu_target
+    """``--target``: JSON, a .json file, a kind, or 'local' for this machine's CPU; BadInput says what is wrong."""
+    from common.targets import parse_target
 
-        return detect_cpu_target()
-    try:
-        value = json.loads(target)
-    except json.JSONDecodeError:
-        value = {"kind": target}
-    if not isinstance(value, dict):
-        raise typer.BadParameter('--target wants a JSON object like {"kind":"llvm","num-cores":4} or "local"')
-    return value
+    return parse_target(target, local=_local_target, what="--target")
 
 
 @app.command()
@@ -221,19 +212,20 @@ def token_create(
 @app.command()
 def submit(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An ONNX file.")],
-    target: Annotated[str, typer.Option(help='Target JSON, e.g. \'{"kind":"llvm","mcpu":"znver3","num-cores":8}\', or "local".')] = "local",
+    target: Annotated[str, typer.Option(help=TARGET_HELP)] = "local",
     trials: Annotated[Optional[int], typer.Option(
         help="Measurement budget across the model's tasks (default 64, or unbounded with --time-budget alone).")] = None,
     time_budget: Annotated[Optional[str], typer.Option(
         "--time-budget", help="Wall-clock budget, e.g. 90s, 30m, 2h (a plain number is seconds); "
         "the job ends at it with the best found so far.")] = None,
-    shape: Annotated[Optional[list[str]], typer.Option(help="Input shape for symbolic dims: name=d0,d1,...")] = None,
+    shape: Annotated[Optional[list[str]], typer.Option(help=SHAPE_HELP)] = None,
     wait: Annotated[bool, typer.Option(help="Follow progress until the job ends.")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Upload a model and start a tuning job for a target (a trial budget, a time budget, or both)."""
     from common.client import ApiError
+    from common.errors import TunehubError
 
     try:
         budget_s = parse_duration(time_budget) if time_budget is not None else None
@@ -245,8 +237,10 @@ def submit(
             job = client.create_job(uploaded.id, _target(target), trials, time_budget_s=budget_s)
             console.print(f"model {uploaded.id} ({uploaded.sha256[:12]}), job {job.id}: {len(job.tasks)} tasks")
             if wait:
-                follow_job(client, job.id)
-    except ApiError as exc:
+                from tunehub.views import follow_job
+
+                follow_job(console, client, job.id)
+    except (ApiError, TunehubError) as exc:
         _fail(exc)
 
 
@@ -267,52 +261,6 @@ def parse_duration(text: str) -> float:
     return value * _DURATION_UNITS[unit]
 
 
-def _fmt_s(secs: float) -> str:
-    return f"{secs / 3600:g}h" if secs >= 3600 else f"{secs / 60:g}m" if secs >= 60 else f"{secs:g}s"
-
-
-def job_table(job: Any) -> Table:
-    """Progress of a job: per task its share of the model's time, trials, best latency and the scheduler's why."""
-    from rich.markup import escape
-
-    from common.protocol import MAX_TRIALS
-
-    budget = f", time budget {_fmt_s(job.time_budget_s)}" if job.time_budget_s else ""
-    of = "" if job.time_budget_s and job.trials >= MAX_TRIALS else f"/{job.trials}"  # the time budget decides
-    title = f"job {job.id} [{job.status.value}] {job.trials_done}{of} trials{budget}"
-    if job.estimated_latency_s:
-        title += f", model ≈ {job.estimated_latency_s * 1e6:.1f} µs"
-    if job.end_reason is not None:
-        title += f" ({job.end_reason.value})"
-    table = Table(title=escape(title))  # "[done]" is not rich markup
-    for col in ("task", "weight", "share", "trials", "valid", "best (µs)", "why"):
-        table.add_column(col, justify="left" if col in ("task", "why") else "right")
-    for t in job.tasks:
-        best = f"{t.best_latency_s * 1e6:.2f}" if t.best_latency_s is not None else "-"
-        share = f"{t.share * 100:.1f} %" if t.share is not None else "-"
-        why = t.why.value if t.why is not None else "-"
-        table.add_row(t.name, str(t.weight), share, str(t.trials_done), str(t.trials_valid), best, why)
-    return table
-
-
-def follow_job(client: Any, job_id: int, *, poll_s: float = 2.0, timeout_s: float | None = None) -> Any:
-    """Show live progress until the job is done, failed or cancelled; returns the final JobPublic."""
-    from rich.live import Live
-
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    job = client.job(job_id)
-    with Live(job_table(job), console=console, refresh_per_second=2, transient=not console.is_terminal) as live:
-        while job.status.value in ("queued", "running"):
-            if deadline and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout_s:.0f} s")
-            time.sleep(poll_s)
-            job = client.job(job_id)
-            live.update(job_table(job))
-    if not console.is_terminal:
-        console.print(job_table(job))
-    return job
-
-
 @app.command()
 def status(
     job: int,
@@ -322,11 +270,12 @@ def status(
 ) -> None:
     """Show a job's progress: per task its share of model time, trials, best latency and why."""
     from common.client import ApiError
+    from tunehub.views import follow_job, job_table
 
     try:
         with _client(server, token) as client:
             if watch:
-                follow_job(client, job)
+                follow_job(console, client, job)
             else:
                 console.print(job_table(client.job(job)))
     except ApiError as exc:
@@ -338,18 +287,19 @@ def configs(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder to extract the MetaSchedule database into.")],
     job: Annotated[Optional[int], typer.Option(help="Best configs for this job's tasks.")] = None,
     model: Annotated[Optional[int], typer.Option(help="Best configs for this model ...")] = None,
-    target: Annotated[Optional[str], typer.Option(help="... on this target (JSON).")] = None,
+    target: Annotated[Optional[str], typer.Option(help="... on this target (JSON, a .json file, or 'local').")] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Download the best configs as a MetaSchedule JSON database (loadable by ms.database.JSONDatabase)."""
-    from tuner.configs import extract_config_zip
     from common.client import ApiError
+    from common.errors import TunehubError
+    from tuner.configs import extract_config_zip
 
     try:
         with _client(server, token) as client:
             data = client.download_configs(job=job, model=model, target=_target(target) if target else None)
-    except ApiError as exc:
+    except (ApiError, TunehubError) as exc:
         _fail(exc)
     path = extract_config_zip(data, out)
     console.print(f"configs written to {path}")
@@ -357,32 +307,51 @@ def configs(
 
 @app.command("compile")
 def compile_cmd(
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An ONNX file.")],
-    target: Annotated[str, typer.Option(help="Target JSON or 'local'.")] = "local",
+    model: Annotated[Path, typer.Argument(dir_okay=False, help="An ONNX file.")],
+    target: Annotated[str, typer.Option(help=TARGET_HELP)] = "local",
     configs_dir: Annotated[Optional[Path], typer.Option("--configs", help="Folder from `tunehub configs`.")] = None,
-    shape: Annotated[Optional[list[str]], typer.Option(help="Input shape: name=d0,d1,...")] = None,
+    shape: Annotated[Optional[list[str]], typer.Option(help=SHAPE_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the compiled library (.so).")] = None,
     measure: Annotated[bool, typer.Option(help="Time the compiled model and print its median latency.")] = True,
+    repeat: Annotated[int, typer.Option(help="Timing samples.")] = 10,
+    min_repeat_ms: Annotated[int, typer.Option(help="Shortest length of one timing sample.")] = 50,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON line (latency, tuned functions, compile time); errors too.")
+    ] = False,
 ) -> None:
-    """Compile a model with downloaded configs (or untuned without them)."""
-    from tuner.compile import compile_model, measure_latency
-    from tuner.intake import inspect_onnx
+    """Compile a model with downloaded configs (or untuned without them) and time it.
 
+    With --json, stdout carries exactly one JSON line (on bad input an error and
+    its detail, exit code 2), so a script can time a model in a fresh process.
+    """
     from common.errors import TunehubError
+    from common.targets import canonical_target
+    from tunehub.model_latency import compile_and_time
 
-    content = model.read_bytes()
-    tgt = _target(target)
-    shapes = _parse_shapes(shape)
     try:
-        inputs = inspect_onnx(content, shapes)
-        exe = compile_model(content, shapes, tgt, configs_dir)
+        result = compile_and_time(
+            model,
+            canonical_target(_target(target))[0],
+            configs=configs_dir,
+            shapes=_parse_shapes(shape),
+            out=out,
+            measure=measure,
+            repeat=repeat,
+            min_repeat_ms=min_repeat_ms,
+        )
     except TunehubError as exc:
-        _fail(exc)
+        if not as_json:
+            _fail(exc)
+        print(json.dumps({"error": exc.code, "detail": exc.detail}), flush=True)
+        print(f"error: {exc.detail}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
     if out:
-        exe.export_library(str(out))
         console.print(f"library written to {out}")
     if measure:
-        console.print_json(json.dumps(measure_latency(exe, inputs.shapes, inputs.dtypes, tgt)))
+        console.print_json(json.dumps({k: result[k] for k in ("median_ms", "mean_ms", "min_ms", "runs_ms", "num_threads")}))
 
 
 @app.command()

@@ -9,20 +9,13 @@ missing from the database stays unscheduled and TVM's default lowering turns it
 into plain serial loops (no parallel, no vectorize, no tiling). That is what
 "untuned" means here, for whole models and for functions a config lacks alike.
 
-Run as a module, one JSON line on stdout (the demo runs it once per variant in a
-fresh process, so thread pools do not interfere, TVM_NOTES §2)::
-
-    python -m tuner.compile --model examples/mlp.onnx --target '{"kind":"llvm","num-cores":2}' \\
-        [--configs DIR] [--repeat 10] [--shape x=8,64]
+The command line for it is ``tunehub compile`` (``--json`` for one JSON line).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -233,7 +226,7 @@ def measure_latency(
     warm-up call). Sets ``TVM_NUM_THREADS`` from the target first, which only
     takes effect if no TVM kernel has run in this process yet; ``num_threads``
     is the count the runtime actually used (time in a fresh process, as
-    ``main`` does, to be sure).
+    ``tunehub compile --json`` does, to be sure).
     """
     import statistics
 
@@ -256,70 +249,3 @@ def measure_latency(
         "runs_ms": runs_ms,
         "num_threads": actual,
     }
-
-
-def _parse_shape(text: str) -> tuple[str, list[int]]:
-    name, sep, dims = text.rpartition("=")
-    if not sep or not name:
-        raise BadInput(f"--shape wants NAME=D1,D2,..., got {text!r}")
-    try:
-        return name, [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
-    except ValueError:
-        raise BadInput(f"--shape wants NAME=D1,D2,... with integer dims, got {text!r}") from None
-
-
-def _parse_target(text: str) -> dict[str, Any]:
-    from common.targets import canonical_target
-
-    path = Path(text)
-    if not text.lstrip().startswith("{") and path.suffix == ".json" and path.is_file():
-        text = path.read_text()
-    canonical, _ = canonical_target(text)
-    return canonical
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tuner.compile",
-        description="Compile an ONNX model with TVM (optionally with tuned MetaSchedule configs) "
-        "and print its latency as one JSON line.",
-    )
-    parser.add_argument("--model", required=True, type=Path, help="the ONNX file")
-    parser.add_argument("--target", required=True, help='target JSON, e.g. \'{"kind":"llvm","num-cores":2}\', or a .json file')
-    parser.add_argument("--configs", type=Path, default=None, help="a JSONDatabase folder (extracted config zip)")
-    parser.add_argument("--repeat", type=int, default=10, help="timing samples (default 10)")
-    parser.add_argument("--min-repeat-ms", type=int, default=50, help="minimum length of one sample")
-    parser.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2,...", help="concrete input shape")
-    args = parser.parse_args(argv)
-
-    try:
-        target = _parse_target(args.target)
-        set_num_threads(target)  # before any TVM kernel runs in this process
-        shapes = dict(_parse_shape(s) for s in args.shape) or None
-        try:
-            content = args.model.read_bytes()
-        except OSError as exc:
-            raise BadInput(f"cannot read the model {args.model}: {exc.strerror}") from None
-        compiled = compile_model_stats(content, shapes, target, args.configs)
-        timing = measure_latency(
-            compiled.exe, compiled.input_shapes, compiled.input_dtypes, target, args.repeat, args.min_repeat_ms
-        )
-    except TunehubError as exc:
-        print(json.dumps({"error": exc.code, "detail": exc.detail}), flush=True)
-        print(f"error: {exc.detail}", file=sys.stderr)
-        return 2
-    result = {
-        **timing,
-        "tuned": args.configs is not None,
-        "functions_tuned": compiled.functions_tuned,
-        "functions_total": compiled.functions_total,
-        "compile_s": round(compiled.compile_secs, 3),
-        "model": str(args.model),
-        "target": target,
-    }
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -56,7 +56,7 @@ JSONDatabase format. Use them with TVM directly:
 
 or with tunehub:
 
-    python -m tuner.compile --model model.onnx --target '<target JSON>' --configs <this folder>
+    tunehub compile model.onnx --target '<target JSON>' --configs <this folder>
 
 Functions of the model without a record here are compiled unscheduled.
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
@@ -10,21 +9,15 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from db import uploads
 from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
 from common.errors import BadInput, TooLarge
+from common.shapes import parse_shapes
 from common.protocol import ModelPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 def _parse_shapes(text: str | None) -> dict[str, list[int]] | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        shapes = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f'input_shapes is not valid JSON ({exc}); expected e.g. {{"x": [1, 3, 32, 32]}}') from None
-    if not isinstance(shapes, dict):
-        raise BadInput(f'input_shapes must be a JSON object like {{"x": [1, 3, 32, 32]}}, got {text[:200]!r}')
-    return shapes
+    """The ``input_shapes`` form field (JSON, or ``x=1,3,32,32`` items); BadInput says what is wrong."""
+    return parse_shapes(text, what="input_shapes")
 
 
 @router.post("", status_code=201, responses={200: {"model": ModelPublic, "description": "Same bytes already stored"}})

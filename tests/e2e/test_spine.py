@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import sqlite3
-import time
 import zipfile
 from pathlib import Path
 
@@ -22,20 +20,11 @@ from tests_support import EXAMPLES, wait_for
 pytestmark = pytest.mark.slow
 
 
-def _worker_target(client):  # type: ignore[no-untyped-def]
-    return wait_for(lambda: (client.workers() or [None])[0], timeout_s=120, what="a registered worker").target
-
-
-def _rows(db: Path, sql: str) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def test_upload_tune_download_compile(stack, tmp_path: Path) -> None:
     stack.start_service()
     stack.start_worker()
+    target = stack.wait_for_workers()[0].target
     with stack.client() as client:
-        target = _worker_target(client)
         model = client.upload_model(EXAMPLES / "mlp.onnx", name="mlp")
         job = client.create_job(model.id, target, trials=16, trials_per_round=4)
         assert job.tasks, "the MLP has tunable tasks"
@@ -47,9 +36,9 @@ def test_upload_tune_download_compile(stack, tmp_path: Path) -> None:
         data = client.download_configs(job=job.id)
 
     # The worker measured several batches (leases), every candidate once.
-    leases = _rows(stack.db_path, "SELECT COUNT(DISTINCT c.lease_id) FROM measurements m JOIN candidates c ON c.id = m.candidate_id")
+    leases = stack.sql("SELECT COUNT(DISTINCT c.lease_id) FROM measurements m JOIN candidates c ON c.id = m.candidate_id")
     assert leases[0][0] >= 2
-    dupes = _rows(stack.db_path, "SELECT candidate_id, COUNT(*) FROM measurements GROUP BY candidate_id HAVING COUNT(*) > 1")
+    dupes = stack.sql("SELECT candidate_id, COUNT(*) FROM measurements GROUP BY candidate_id HAVING COUNT(*) > 1")
     assert dupes == []
 
     # The zip is a MetaSchedule JSON database that TVM loads unchanged.
@@ -79,15 +68,12 @@ def test_upload_tune_download_compile(stack, tmp_path: Path) -> None:
 
 
 def test_service_killed_mid_job_and_restarted(stack) -> None:
-    stack.start("service", ["serve", "--no-tuner"])
-    from common.processes import wait_healthy
-
-    wait_healthy(stack.server, timeout_s=120, proc=stack.procs["service"])
+    stack.start_service(tuner=False)
     stack.start("tuner", ["tuner"])
     stack.start_worker()
+    target = stack.wait_for_workers()[0].target
     trials = 12
     with stack.client() as client:
-        target = _worker_target(client)
         model = client.upload_model(EXAMPLES / "mlp.onnx", name="mlp")
         job = client.create_job(model.id, target, trials=trials, trials_per_round=3)
         wait_for(lambda: client.job(job.id).trials_done >= 2, timeout_s=600, what="first measurements",
@@ -96,7 +82,6 @@ def test_service_killed_mid_job_and_restarted(stack) -> None:
     for name in ("service", "tuner"):  # kill -9: no chance to clean up
         os.killpg(stack.procs[name].pid, signal.SIGKILL)
         stack.procs[name].wait()
-    time.sleep(1)
     stack.start_service()  # serve with its embedded tuner, same data dir
 
     with stack.client() as client:
@@ -104,5 +89,5 @@ def test_service_killed_mid_job_and_restarted(stack) -> None:
                         timeout_s=900, what="the job to finish after restart", on_timeout=stack.logs)
     assert done.status.value == "done", (done.error, stack.logs())
     assert done.trials_done == trials
-    rows = _rows(stack.db_path, "SELECT COUNT(*), COUNT(DISTINCT candidate_id) FROM measurements")
+    rows = stack.sql("SELECT COUNT(*), COUNT(DISTINCT candidate_id) FROM measurements")
     assert rows[0][0] == rows[0][1] == trials

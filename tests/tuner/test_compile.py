@@ -1,4 +1,4 @@
-"""tuner.compile: ONNX → VM executable, untuned and with a config zip; outputs and the CLI."""
+"""tuner.compile: ONNX → VM executable, untuned and with a config zip; outputs and ``tunehub compile --json``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from db.records import BestRecord
 from common.errors import BadInput
 from common.tvm_json import trace_to_json, workload_from_json
-from tuner.compile import compile_model, compile_model_stats, main, measure_latency, random_inputs, run_outputs
+from tuner.compile import compile_model, compile_model_stats, measure_latency, random_inputs, run_outputs
 from tuner.configs import build_config_zip, extract_config_zip
 from tuner.intake import extract_workloads
 
@@ -101,7 +101,8 @@ def test_bad_config_folder(mlp_bytes: bytes, cpu_target: dict[str, Any], tmp_pat
 def _cli(*args: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.compile", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tunehub", "compile", "--json", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, f"want one JSON line on stdout, got {proc.stdout!r}; stderr: {proc.stderr[-2000:]}"
@@ -109,7 +110,7 @@ def _cli(*args: str) -> dict[str, Any]:
 
 
 def test_cli_untuned_and_tuned(example_models: dict[str, Path], mlp_configs: Path, cpu_target: dict[str, Any]) -> None:
-    common = ["--model", str(example_models["mlp"]), "--target", json.dumps(cpu_target), "--repeat", "3", "--min-repeat-ms", "5"]
+    common = [str(example_models["mlp"]), "--target", json.dumps(cpu_target), "--repeat", "3", "--min-repeat-ms", "5"]
     untuned = _cli(*common)
     tuned = _cli(*common, "--configs", str(mlp_configs), "--shape", "x=8,64")
     for out in (untuned, tuned):
@@ -119,17 +120,24 @@ def test_cli_untuned_and_tuned(example_models: dict[str, Path], mlp_configs: Pat
     assert (tuned["tuned"], tuned["functions_tuned"]) == (True, 3)
 
 
-def test_main_reports_errors_as_json(capsys: pytest.CaptureFixture[str], tmp_path: Path, cpu_target: dict[str, Any]) -> None:
+def test_cli_reports_errors_as_json(tmp_path: Path, cpu_target: dict[str, Any]) -> None:
+    from typer.testing import CliRunner
+
+    from tunehub.cli import app
+
     target = json.dumps(cpu_target)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx at all")
     cases = [
-        (["--model", str(tmp_path / "missing.onnx"), "--target", target], "cannot read the model"),
-        (["--model", str(bad), "--target", target], "not a valid ONNX model"),
-        (["--model", str(bad), "--target", '{"kind":"no-such-kind"}'], "target"),
-        (["--model", str(bad), "--target", target, "--shape", "x=a,b"], "--shape"),
+        ([str(tmp_path / "missing.onnx"), "--target", target], "cannot read the model"),
+        ([str(bad), "--target", target], "not a valid ONNX model"),
+        ([str(bad), "--target", '{"kind":"no-such-kind"}'], "target"),
+        ([str(bad), "--target", target, "--shape", "x=a,b"], "shape"),
     ]
     for argv, needle in cases:
-        assert main(argv) == 2
-        out = json.loads(capsys.readouterr().out.strip())
+        result = CliRunner().invoke(app, ["compile", "--json", *argv])
+        assert result.exit_code == 2, (argv, result.output)
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 1, result.stdout
+        out = json.loads(lines[0])
         assert out["error"] == "bad_input" and needle in out["detail"], out

@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 
 from common.protocol import MAX_TRIALS, JobEndReason, JobPublic, JobStatus, TaskPublic, TaskReason
-from tunehub.cli import job_table, parse_duration
+from tunehub.cli import parse_duration
+from tunehub.views import job_table
 
 
 @pytest.mark.parametrize("text, secs", [("90", 90), ("90s", 90), ("30m", 1800), ("1.5h", 5400), (" 2H ", 7200)])
