@@ -5,10 +5,11 @@ the task count, then one tuning job on a real service + one local worker (as
 ``tunehub demo`` starts them) whose configs are downloaded at each checkpoint
 (minutes of tuning), then, with the service stopped, every variant timed side by
 side in its own process, rounds alternated (:mod:`bench.model_timing`): TVM
-untuned (naive loops, as TVM 0.27's ``compile_relax`` leaves them on CPU, and with
-the default schedules of :mod:`tuner.default_schedule`), TVM tuned at each
-checkpoint, and onnxruntime (2 threads). Ratios are tuned/ORT latency (below 1:
-TVM wins); outputs are compared to ORT's.
+untuned with each compile fallback of :mod:`tuner.default_schedule` (naive loops as
+TVM 0.27's ``compile_relax`` leaves them on CPU; the default design-space schedule;
+the measured choice), TVM tuned at each checkpoint (default fallback; the last one
+also with the naive and measured fallbacks), and onnxruntime (2 threads). Ratios
+are latency/ORT latency (below 1: TVM wins); outputs are compared to ORT's.
 
     python bench/models.py --cache /tmp/models                          # full: 6 models, 5/10/20 min (~2.5 h)
     python bench/models.py --cache /tmp/models --models small_cnn,ds_cnn_kws --budget-min 2 --checkpoints 1,2
@@ -131,12 +132,13 @@ def time_model(result: dict[str, Any], workdir: Path, rounds: int) -> dict[str, 
     """Every variant of a tuned model timed side by side (service stopped); ratios to ORT."""
     model, target, ckpts = result["onnx"], result["target"], result["checkpoints"]
     variants = [Variant("untuned_naive", "tvm", model, target, fallback="naive"),
-                Variant("untuned_default", "tvm", model, target, fallback="default")]
+                Variant("untuned_default", "tvm", model, target, fallback="default"),
+                Variant("untuned_measured", "tvm", model, target, fallback="measured")]
     variants += [Variant(f"tuned_{c['minute']:g}min", "tvm", model, target, configs=c["configs"])
                  for c in ckpts if c["configs"]]
-    if ckpts and ckpts[-1]["configs"]:  # the compile-side fallback, before/after, on the final configs
-        variants.append(Variant(f"tuned_{ckpts[-1]['minute']:g}min_naive_fallback", "tvm", model, target,
-                                configs=ckpts[-1]["configs"], fallback="naive"))
+    if ckpts and ckpts[-1]["configs"]:  # the compile-side fallbacks, side by side, on the final configs
+        variants += [Variant(f"tuned_{ckpts[-1]['minute']:g}min_{fb}_fallback", "tvm", model, target,
+                             configs=ckpts[-1]["configs"], fallback=fb) for fb in ("naive", "measured")]
     variants.append(Variant("ort", "ort", model, target))
     result["loadavg_before"] = os.getloadavg()  # 2-core box shared with others: read ratios with this in mind
     timed = time_side_by_side(variants, workdir / result["model"] / "timing", rounds=rounds)
