@@ -1,13 +1,16 @@
 """Compile an ONNX model with (or without) tuned configs, run it and time it.
 
-Compilation is ``ms.relax_integration.compile_relax``: TVM's own fusion
-pipeline, then ``MetaScheduleApplyDatabase`` swaps in the tuned schedule of each
-fused function found in the database. With no configs the database is an empty
-``MemoryDatabase``: the **untuned baseline**. In TVM 0.27 ``compile_relax``
-schedules the leftovers with DLight only for GPU targets; on CPU a function
-missing from the database stays unscheduled and TVM's default lowering turns it
-into plain serial loops (no parallel, no vectorize, no tiling). That is what
-"untuned" means here, for whole models and for functions a config lacks alike.
+The pipeline is ``ms.relax_integration.compile_relax``'s (TVM's fusion passes,
+then ``MetaScheduleApplyDatabase`` swaps in the tuned schedule of each fused
+function found in the database), plus a CPU fallback that TVM 0.27 lacks: there
+``compile_relax`` schedules leftovers only for GPU targets, so on CPU a function
+missing from the database stayed plain serial loops (no parallel, no vectorize,
+no tiling). Here a function without a valid tuned record gets a default
+schedule (:mod:`tuner.default_schedule`; ``fallback`` picks how: ``NAIVE`` is
+the old behaviour, ``DEFAULT`` a deterministic MetaSchedule design-space sample,
+``MEASURED`` the fastest of tuned/default/naive timed function by function).
+With no configs the database is an empty ``MemoryDatabase``: the **untuned
+baseline**.
 
 The command line for it is ``tunehub compile`` (``--json`` for one JSON line).
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import BadInput, TunehubError
+from tuner.default_schedule import Fallback
 from tuner.intake import InputShapes
 
 if TYPE_CHECKING:
@@ -41,6 +45,7 @@ class CompiledModel:
     input_dtypes: dict[str, str]
     functions_total: int  # fused TIR functions compile_relax looked up
     functions_tuned: int  # of those, found in the database
+    schedules: dict[str, int]  # functions per chosen schedule: tuned, design-space, dlight, naive
     compile_secs: float
 
 
@@ -117,25 +122,55 @@ def _counting_database(inner: Any) -> Any:
     return CountingDatabase(inner)
 
 
+def _build(database: Any, mod: Any, target: Any, fallback: Fallback, counts: dict[str, int]) -> Any:
+    """``compile_relax`` (TVM 0.27) with the default-schedule fallback after the database lookup."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline as relax_pipeline
+    from tvm.relax.transform import MetaScheduleApplyDatabase
+
+    from tuner.default_schedule import schedule_functions
+    from tuner.intake import fuse_for_tuning
+
+    try:
+        lower = list(relax_pipeline.dataflow_lower_passes(target)) + list(relax_pipeline.finalize_passes(target))
+    except (ValueError, AttributeError):  # a target the dispatcher does not know: the CPU lists
+        from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+        lower = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+
+    @tvm.transform.module_pass(opt_level=3, name="TunehubCompilePipeline")
+    def _pipeline(mod: Any, _ctx: Any) -> Any:
+        fused = fuse_for_tuning(mod, target)
+        applied = MetaScheduleApplyDatabase(enable_warning=False)(fused)
+        mod = schedule_functions(fused, applied, target, fallback, counts)
+        return tvm.transform.Sequential(lower)(mod)
+
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        return relax.build(mod, target=target, relax_pipeline=_pipeline)
+
+
 def compile_model_stats(
     content: bytes,
     input_shapes: InputShapes | None,
     target: Mapping[str, Any],
     config_dir: Path | None,
+    *,
+    fallback: Fallback = Fallback.DEFAULT,
 ) -> CompiledModel:
-    """:func:`compile_model`, plus the model's inputs and how many functions the configs tuned."""
+    """:func:`compile_model`, plus the model's inputs and how the functions were scheduled."""
     from common.tvm_env import prepare_tvm
     from tuner import intake
 
     tgt = intake.as_target(target)
     prepare_tvm((str(tgt.kind.name),))  # tuned traces may tensorize with the target's intrinsics
-    from tvm.s_tir import meta_schedule as ms
 
     inputs, mod = intake.convert_onnx(content, input_shapes)
     database = _counting_database(_open_database(config_dir))
+    counts: dict[str, int] = {}
     start = time.perf_counter()
     try:
-        exe = ms.relax_integration.compile_relax(database, mod, tgt, params=None)
+        exe = _build(database, mod, tgt, fallback, counts)
     except Exception as exc:  # noqa: BLE001
         raise TunehubError(f"TVM failed to compile the model: {str(exc).strip()[:2000]}") from None
     return CompiledModel(
@@ -144,6 +179,7 @@ def compile_model_stats(
         input_dtypes=inputs.dtypes,
         functions_total=database.queried,
         functions_tuned=database.found,
+        schedules=dict(counts),
         compile_secs=time.perf_counter() - start,
     )
 
@@ -153,13 +189,16 @@ def compile_model(
     input_shapes: InputShapes | None,
     target: Mapping[str, Any],
     config_dir: Path | None,
+    *,
+    fallback: Fallback = Fallback.DEFAULT,
 ) -> VMExecutable:
     """Compile an ONNX model for ``target`` with the JSONDatabase in ``config_dir``.
 
-    ``config_dir=None`` gives the untuned baseline (see the module docstring).
+    ``config_dir=None`` gives the untuned baseline (see the module docstring);
+    ``fallback`` says what functions without a tuned record get (:class:`Fallback`).
     Raises BadInput for a bad model, target or config folder.
     """
-    return compile_model_stats(content, input_shapes, target, config_dir).exe
+    return compile_model_stats(content, input_shapes, target, config_dir, fallback=fallback).exe
 
 
 def _device(target: Mapping[str, Any] | None) -> Any:
