@@ -19,7 +19,7 @@ return plain values or the frozen records below, never ORM objects.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -46,12 +46,15 @@ def _same(column, value):  # type: ignore[no-untyped-def]
     return column.is_(None) if value is None else column == value
 
 
-def claim_job(session: Session, *, owner: str, grace_s: float) -> int | None:
+def claim_job(session: Session, *, owner: str, grace_s: float, exclude: Collection[int] = ()) -> int | None:
     """Take one job for ``owner``; returns its id, or None when nothing is claimable.
 
     Claimable: ``queued``, or ``running`` with a heartbeat older than ``grace_s``
-    (or none). The claim sets status ``running``, the owner, a fresh heartbeat
-    and ``started_at`` if unset. Oldest job first.
+    (or none), and not in ``exclude`` — the jobs the caller is running now: on a
+    loaded machine its own heartbeat can fall behind the grace, and claiming such
+    a job again would start a second runner under the same owner. The claim sets
+    status ``running``, the owner, a fresh heartbeat and ``started_at`` if unset.
+    Oldest job first.
     """
     now = db_now(session)
     stale_before = now - timedelta(seconds=grace_s)
@@ -62,6 +65,8 @@ def claim_job(session: Session, *, owner: str, grace_s: float) -> int | None:
             or_(Job.tuner_heartbeat_at.is_(None), Job.tuner_heartbeat_at < stale_before),
         ),
     )
+    if exclude:
+        claimable = and_(claimable, Job.id.not_in(list(exclude)))
     rows = session.execute(
         select(Job.id, Job.status, Job.tuner_owner, Job.tuner_heartbeat_at, Job.started_at)
         .where(claimable)

@@ -86,7 +86,8 @@ class TunerDaemon:
     def _claim_and_start(self, factory) -> bool:  # type: ignore[no-untyped-def]
         try:
             with session_scope(factory) as session:
-                job_id = claim_job(session, owner=self.owner, grace_s=self.settings.tuner_grace_s)
+                job_id = claim_job(session, owner=self.owner, grace_s=self.settings.tuner_grace_s,
+                                   exclude=self.running_jobs)
         except CONNECTION_LOST as exc:  # the database is away for a moment: try again next poll
             log.warning("claiming a job failed: %s", exc)
             return False

@@ -90,6 +90,20 @@ def test_stale_running_job_is_reclaimed_and_old_owner_learns_it(session_factory:
         assert not finish_job(s, job_id=job_id, owner="dead", status=JobStatus.done)
 
 
+def test_a_tuner_never_reclaims_a_job_it_is_running(session_factory: sessionmaker[Session]) -> None:
+    """A loaded machine delays the runner's own heartbeat past the grace: its daemon must not start a second runner."""
+    job_id = _job(session_factory)
+    with session_scope(session_factory) as s:
+        assert claim_job(s, owner="busy", grace_s=5) == job_id
+        s.execute(update(Job).where(Job.id == job_id).values(tuner_heartbeat_at=db_now(s) - timedelta(seconds=6)))
+    with session_scope(session_factory) as s:
+        assert claim_job(s, owner="busy", grace_s=5, exclude=[job_id]) is None
+        assert job_heartbeat(s, job_id=job_id, owner="busy")  # the late heartbeat still holds the job
+    with session_scope(session_factory) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(tuner_heartbeat_at=db_now(s) - timedelta(seconds=6)))
+        assert claim_job(s, owner="other", grace_s=5, exclude=[]) == job_id  # another tuner may take it over
+
+
 def test_release_and_cancel(session_factory: sessionmaker[Session]) -> None:
     first, second = _job(session_factory), _job(session_factory)
     with session_scope(session_factory) as s:
