@@ -151,19 +151,23 @@ def measurements(db_url: str) -> dict[int, dict[str, Any]]:
 def direct_check(target: dict[str, Any], mod: Any, trace: str, compiler: str | None, workdir: Path) -> dict[str, Any]:
     """One candidate through a builder and a runner sandbox, no service: shows the binary hand-over."""
     from common.tvm_json import workload_hash, workload_to_json
+    from workers import sandbox_protocol as sp
     from workers.sandbox_client import Sandbox
 
     req = {"workload_hash": workload_hash(mod), "mod_json": workload_to_json(mod), "trace": trace, "target": target}
     with Sandbox(target_kind="cuda", num_threads=1, cuda_compiler=compiler, name="builder") as b, \
             Sandbox(target_kind="cuda", num_threads=1, cuda_compiler=compiler, name="runner") as r:
         built = b.call({**req, "op": "build", "out": str(workdir / "direct")}, 300)
-        if built.get("error"):
-            return {"build": built}
-        ran = r.call({**req, "op": "run", "artifact": built["artifact"], "check_artifact": built.get("check_artifact"),
-                      "timed_args": built["timed_args"], "device_binaries": built["device_binaries"],
+        if not isinstance(built, sp.Built):
+            return {"build": built.model_dump() if built is not None else None}
+        ran = r.call({**req, "op": "run", "artifact": built.artifact, "check_artifact": built.check_artifact,
+                      "timed_args": built.timed_args,
+                      "device_binaries": [d.model_dump() for d in built.device_binaries],
                       "number": 1, "repeat": 5, "min_repeat_ms": 20, "warmup": 1}, 300)
         cal = r.call({"op": "calibrate", "target": target}, 300)
-    return {"build": {k: built.get(k) for k in ("device_binaries", "note")}, "run": ran, "calibrate": cal}
+    dump = (lambda m: m.model_dump() if m is not None else None)  # noqa: E731
+    return {"build": {"device_binaries": [d.model_dump() for d in built.device_binaries], "note": built.note},
+            "run": dump(ran), "calibrate": dump(cal)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ def fixed_candidate(n: int) -> tuple[str, str, str]:
 
 
 def configs(cores: list[int]) -> dict[str, dict[str, Any]]:
-    from workers.measure import Timing
+    from workers.timing import Timing
 
     plain = Timing(number=3, repeat=1, min_repeat_ms=100, warmup=0, cache_flush=False)
     trusted = Timing(number=1, repeat=5, min_repeat_ms=20, warmup=1, cache_flush=True)
@@ -84,21 +84,16 @@ def configs(cores: list[int]) -> dict[str, dict[str, Any]]:
 def run(measurements: int, n: int, noise: float) -> dict[str, Any]:
     from workers.detect import available_cores
     from workers.measure import Item, Measurer
+    from workers.options import WorkerOptions
 
     cores = available_cores()
     target = {"kind": "llvm", "num-cores": len(cores)}
     whash, mod_json, trace = fixed_candidate(n)
     measurers: dict[str, Measurer] = {}
     for name, cfg in configs(cores).items():
-        m = Measurer(
-            target,
-            build_workers=1,
-            timing=cfg["timing"],
-            cpus=cfg["cpus"],
-            num_threads=len(cores),
-            calibrate_every_s=cfg["calibrate_every_s"],
-            interference_tolerance=cfg["interference_tolerance"],
-        )
+        options = WorkerOptions(build_workers=1, timing=cfg["timing"], calibrate_every_s=cfg["calibrate_every_s"],
+                                interference_tolerance=cfg["interference_tolerance"])
+        m = Measurer(target, options, cpus=cfg["cpus"], num_threads=len(cores))
         m.start()
         measurers[name] = m
     stop = multiprocessing.Event()
@@ -121,7 +116,7 @@ def run(measurements: int, n: int, noise: float) -> dict[str, Any]:
                         "mean_s": statistics.fmean(r.run_secs),
                         "run_secs": r.run_secs,
                         "flagged": r.flagged,
-                        "others_busy": r.others_busy,
+                        "others_busy": m.others_busy.get(i),
                         "wall_s": time.monotonic() - started,
                         "calibration": m.calibration.model_dump() if m.calibration else None,
                     }
