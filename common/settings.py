@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     cost_model: Literal["metaschedule", "tunehub"] = Field(
         "metaschedule",
         description="Search cost model: MetaSchedule's XGBModel (default), or tunehub's database-trained one "
-        "(issue 4, still being evaluated: in a demo run it steered a new conv workload to poor first candidates).",
+        "(under evaluation: trained across operators, it has steered new workloads to poor first candidates).",
     )
     tuner_nice: int = Field(
         10, ge=0, le=19,
