@@ -31,6 +31,7 @@ def create_job(
     trials_per_round: int,
     tasks: Sequence[tuple[str, int, int]],
     retune: bool = False,
+    owner_token_id: int | None = None,
 ) -> int:
     """A queued job and its tasks ``(name, weight, workload_id)``; returns the job id.
 
@@ -52,6 +53,7 @@ def create_job(
         trials=trials,
         trials_per_round=trials_per_round,
         retune=retune,
+        owner_token_id=owner_token_id,
         status=JobStatus.queued.value,
         created_at=db_now(session),
     )
@@ -103,7 +105,7 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
             func.min(Measurement.mean_secs).label("best"),
         )
         .join(Measurement, Measurement.candidate_id == Candidate.id)
-        .where(Candidate.task_id.in_(task_ids))
+        .where(Candidate.task_id.in_(task_ids), Candidate.confirms_measurement_id.is_(None))  # trials, not re-checks
         .group_by(Candidate.task_id)
         .subquery()
     )
@@ -155,6 +157,14 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
         )
         for j in jobs
     ]
+
+
+def job_owner(session: Session, *, job_id: int) -> int | None:
+    """The id of the token that created the job (None for jobs from before owners were kept); NotFound names the id."""
+    row = session.execute(select(Job.id, Job.owner_token_id).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return row.owner_token_id
 
 
 def cancel_job(session: Session, *, job_id: int) -> JobPublic:
