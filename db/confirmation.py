@@ -9,8 +9,8 @@ reported it (``Candidate.exclude_worker_id``). When its result comes back:
 - the two means agree within ``tolerance`` (e.g. 1.5×): the original is
   ``confirmed``;
 - the re-measurement is slower by more than that, or its output was wrong:
-  the original is ``rejected`` (never served) and its worker is marked
-  suspect (shown by ``GET /workers``; its later results are flagged);
+  the original is ``rejected`` (never served), with that worker's other
+  results of the workload still pending, and its worker is marked suspect (shown by ``GET /workers``; its later results are flagged);
 - the re-measurement is *faster* by more than that: the confirmer claims a
   time its peer could not reproduce, so the confirmer is the suspect one and
   the original goes back to unconfirmed (ranked as any result);
@@ -77,8 +77,10 @@ def _has_peer(session: Session, *, worker_id: int, target_key: str, policy: Conf
     return peer is not None
 
 
-def _settled_best(session: Session, *, workload_id: int, target_key: str, exclude_id: int) -> float | None:
-    """The fastest unflagged, unrefuted, non-confirmation mean of the workload, other than ``exclude_id``."""
+def _settled_best(
+    session: Session, *, workload_id: int, target_key: str, exclude_candidates: Sequence[int]
+) -> float | None:
+    """The fastest settled (not pending, not refuted), unflagged mean of the workload stored before this report."""
     return session.execute(
         select(func.min(Measurement.mean_secs))
         .join(Candidate, Candidate.id == Measurement.candidate_id)
@@ -87,9 +89,9 @@ def _settled_best(session: Session, *, workload_id: int, target_key: str, exclud
             Measurement.target_key == target_key,
             Measurement.mean_secs.is_not(None),
             Measurement.flagged.is_(False),
-            Measurement.id != exclude_id,
+            Measurement.candidate_id.not_in(list(exclude_candidates)),
             Candidate.confirms_measurement_id.is_(None),
-            not_rejected(),
+            Measurement.confirmation.is_(None) | (Measurement.confirmation == Confirmation.confirmed.value),
         )
     ).scalar_one_or_none()
 
@@ -97,7 +99,13 @@ def _settled_best(session: Session, *, workload_id: int, target_key: str, exclud
 def request_confirmations(
     session: Session, *, worker_id: int, target_key: str, candidate_ids: Sequence[int], policy: ConfirmPolicy
 ) -> list[int]:
-    """Queue confirmations for the new results (of ``candidate_ids``) that would become best; their candidate ids."""
+    """Mark the new results (of ``candidate_ids``) that beat the settled best pending; queue confirmations.
+
+    Every such result waits (ranked after settled ones), but only the report's
+    fastest per workload is re-measured: the rest are slower than it, so they
+    can only matter if it is refuted, and then they stay pending, never served
+    over a settled result. Returns the confirmation candidates' ids.
+    """
     if not policy.enabled or not candidate_ids:
         return []
     rows = session.execute(
@@ -116,17 +124,21 @@ def request_confirmations(
         return []
     now = db_now(session)
     queued: list[Candidate] = []
-    seen: set[int] = set()
-    for r in rows:
-        if r.workload_id in seen:  # only the report's fastest per workload can be the new best
-            continue
-        seen.add(r.workload_id)
-        best = _settled_best(session, workload_id=r.workload_id, target_key=target_key, exclude_id=r.id)
-        if best is not None and r.mean_secs >= best:
+    best: dict[int, float | None] = {}
+    for r in rows:  # by workload, fastest first
+        first = r.workload_id not in best
+        if first:
+            best[r.workload_id] = _settled_best(
+                session, workload_id=r.workload_id, target_key=target_key, exclude_candidates=candidate_ids
+            )
+        settled = best[r.workload_id]
+        if settled is not None and r.mean_secs >= settled:
             continue
         session.execute(
             update(Measurement).where(Measurement.id == r.id).values(confirmation=Confirmation.pending.value)
         )
+        if not first:
+            continue
         queued.append(Candidate(
             task_id=r.task_id, workload_id=r.workload_id, target_key=target_key, trace_json=r.trace_json,
             round=r.round, state="pending", attempts=0, created_at=now,
@@ -148,7 +160,7 @@ def settle(
 ) -> Confirmation | None:
     """Judge the original measurement by its re-measurement; returns the original's new state."""
     original = session.execute(
-        select(Measurement.id, Measurement.mean_secs, Measurement.worker_id).where(
+        select(Measurement.id, Measurement.mean_secs, Measurement.worker_id, Measurement.workload_id).where(
             Measurement.id == confirms_measurement_id
         )
     ).one_or_none()
@@ -179,6 +191,16 @@ def settle(
         .where(Measurement.id == original.id)
         .values(confirmation=verdict.value if verdict else None)
     )
+    if verdict is Confirmation.rejected:  # its slower companions from the same worker fall with it
+        session.execute(
+            update(Measurement)
+            .where(
+                Measurement.worker_id == original.worker_id,
+                Measurement.workload_id == original.workload_id,
+                Measurement.confirmation == Confirmation.pending.value,
+            )
+            .values(confirmation=Confirmation.rejected.value)
+        )
     return verdict
 
 

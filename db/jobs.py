@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from common.errors import BadInput, Conflict, NotFound
@@ -102,7 +102,8 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
             Candidate.task_id.label("task_id"),
             func.count(Measurement.id).label("done"),
             func.count(Measurement.mean_secs).label("valid"),
-            func.min(Measurement.mean_secs).label("best"),
+            # a time refuted by a second worker (db.confirmation) is nobody's best
+            func.min(case((Measurement.confirmation == "rejected", None), else_=Measurement.mean_secs)).label("best"),
         )
         .join(Measurement, Measurement.candidate_id == Candidate.id)
         .where(Candidate.task_id.in_(task_ids), Candidate.confirms_measurement_id.is_(None))  # trials, not re-checks
