@@ -35,7 +35,7 @@ from enum import Enum
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from common.protocol import ErrorKind
+from common.protocol import CandidateState, ErrorKind
 from db.engine import db_now
 from db.models import Candidate, Measurement, Worker
 
@@ -141,7 +141,7 @@ def request_confirmations(
             continue
         queued.append(Candidate(
             task_id=r.task_id, workload_id=r.workload_id, target_key=target_key, trace_json=r.trace_json,
-            round=r.round, state="pending", attempts=0, created_at=now,
+            round=r.round, state=CandidateState.pending.value, attempts=0, created_at=now,
             confirms_measurement_id=r.id, exclude_worker_id=worker_id,
         ))
     session.add_all(queued)

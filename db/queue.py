@@ -266,7 +266,7 @@ def complete(
                 mean_secs=mean_secs,
                 error=error,
                 error_kind=kinds.get(cid),
-                flagged=cid in flagged,
+                flagged=cid in flagged and mean_secs is not None,
                 created_at=now,
             )
         )
