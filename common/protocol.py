@@ -129,7 +129,7 @@ class Calibration(BaseModel):
     baseline_s: float | None = Field(None, description="The fastest calibration seen recently.")
     latest_s: float | None = None
     tolerance: float | None = Field(None, description="Degraded when ratio exceeds this.")
-    samples: int = 0
+    samples: int = Field(0, ge=0, le=2**31 - 1)
     detail: str | None = Field(None, max_length=4000, description="Why the status is unknown.")
 
 

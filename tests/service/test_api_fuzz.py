@@ -34,7 +34,6 @@ from schemathesis.checks import (  # noqa: E402
 
 from db import queue  # noqa: E402
 
-pytestmark = pytest.mark.slow
 
 EXAMPLES = 12  # per operation and mode
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
