@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 TargetJSON = dict[str, Any]
 """A TVM target as a JSON dict, e.g. {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}."""
+
+MAX_ID = 2**63 - 1
+"""The largest id either database stores (a signed 64-bit integer)."""
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+"""A row id on the wire: anything outside 1..2**63-1 is a 422, never a database overflow."""
 
 
 class Role(str, Enum):
@@ -105,7 +110,7 @@ class JobEndReason(str, Enum):
 
 
 class JobCreate(BaseModel):
-    model_id: int
+    model_id: Id
     target: TargetJSON
     trials: int | None = Field(
         None, ge=1, le=MAX_TRIALS,
@@ -179,13 +184,13 @@ class Calibration(BaseModel):
     overloaded now; results measured then are flagged.
     """
 
-    status: str = Field(description="ok, degraded, or unknown (no calibration could run).")
+    status: str = Field(max_length=32, description="ok, degraded, or unknown (no calibration could run).")
     ratio: float | None = Field(None, description="latest_s / baseline_s.")
     baseline_s: float | None = Field(None, description="The fastest calibration seen recently.")
     latest_s: float | None = None
     tolerance: float | None = Field(None, description="Degraded when ratio exceeds this.")
-    samples: int = 0
-    detail: str | None = Field(None, description="Why the status is unknown.")
+    samples: int = Field(0, ge=0, le=2**31 - 1)
+    detail: str | None = Field(None, max_length=4000, description="Why the status is unknown.")
 
 
 class WorkerRegister(BaseModel):
@@ -201,10 +206,12 @@ class WorkerPublic(BaseModel):
     target: TargetJSON
     target_key: str
     calibration: Calibration | None = Field(None, description="As the worker last reported it.")
+    suspect: bool = Field(False, description="One of its winners was re-measured elsewhere and disagreed.")
+    suspect_reason: str | None = None
 
 
 class LeaseRequest(BaseModel):
-    worker_id: int
+    worker_id: Id
     max_candidates: int = Field(8, ge=1, le=1024)
 
 
@@ -227,7 +234,7 @@ class LeaseResponse(BaseModel):
 
 
 class HeartbeatRequest(BaseModel):
-    worker_id: int
+    worker_id: Id
 
 
 class HeartbeatResponse(BaseModel):
@@ -244,6 +251,7 @@ class ErrorKind(str, Enum):
     run = "run"  # the run itself raised
     crash = "crash"  # the sandbox process died under it
     timeout = "timeout"  # no answer within the time limit
+    rejected = "rejected"  # the service refused the reported time: implausible, TVM's failed stub, or unchecked
 
 
 class MeasurementOutcome(BaseModel):
@@ -255,11 +263,18 @@ class MeasurementOutcome(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    run_secs: list[float] | None = Field(None, description="All repeats, seconds; None when error is set.")
-    error: str | None = Field(None, description="Why the candidate failed: build error, wrong output, crash, timeout.")
+    run_secs: list[float] | None = Field(
+        None, max_length=10_000, description="All repeats, seconds; None when error is set."
+    )
+    error: str | None = Field(
+        None, max_length=100_000, description="Why the candidate failed: build error, wrong output, crash, timeout."
+    )
     error_kind: ErrorKind | None = Field(None, description="The class of the failure; set with error.")
     flagged: bool = Field(
         False, description="Measured while the worker's calibration said degraded: ranked after unflagged results."
+    )
+    output_checked: bool = Field(
+        True, description="False when the output was not compared with the untuned build's: such a time never counts."
     )
 
     @property
@@ -278,12 +293,12 @@ class MeasurementOutcome(BaseModel):
 class CandidateResult(MeasurementOutcome):
     """One candidate's outcome as a worker reports it."""
 
-    candidate_id: int
+    candidate_id: Id
 
 
 class ResultsReport(BaseModel):
-    worker_id: int
-    results: list[CandidateResult]
+    worker_id: Id
+    results: list[CandidateResult] = Field(max_length=1024)
     calibration: Calibration | None = Field(None, description="The worker's calibration when it measured these.")
 
 
@@ -293,7 +308,7 @@ class ResultsAck(BaseModel):
 
 
 class ReleaseRequest(BaseModel):
-    worker_id: int
+    worker_id: Id
 
 
 class ErrorBody(BaseModel):

@@ -50,6 +50,26 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(60.0, gt=0, description="A lease expires this long after its last heartbeat.")
     max_lease_candidates: int = Field(64, gt=0)
 
+    # Trust (README "Trust model"): bounded bodies, plausible results, confirmed winners
+    max_json_kb: int = Field(16 * 1024, ge=1, description="Largest JSON request body accepted (KiB); 413 above.")
+    max_json_depth: int = Field(32, ge=2, description="Deepest JSON nesting accepted in a request body; 422 above.")
+    confirm_winners: bool = Field(
+        True, description="Re-measure a would-be best result on another worker of its target key before it is served."
+    )
+    confirm_tolerance: float = Field(
+        1.5, gt=1.0, description="A confirmation disagrees when the two means differ by more than this factor."
+    )
+    confirm_worker_seen_s: float = Field(
+        600.0, gt=0, description="Another worker counts for confirmation if it was seen this recently."
+    )
+    peak_gflops_per_core: float = Field(
+        1000.0, gt=0, description="CPU peak per core (GFLOP/s) for the plausibility floor; generous on purpose."
+    )
+    peak_gflops: dict[str, float] = Field(
+        default_factory=dict,
+        description="Peak GFLOP/s by target key or target kind, overriding the derived one (JSON object).",
+    )
+
     # Tuner
     tuner_heartbeat_s: float = Field(5.0, gt=0)
     tuner_grace_s: float = Field(20.0, gt=0, description="A job whose tuner is silent this long is reclaimed.")

@@ -256,7 +256,7 @@ def job_candidates(
         )
         .join(Task, Task.id == Candidate.task_id)
         .outerjoin(Measurement, Measurement.candidate_id == Candidate.id)
-        .where(Task.job_id == job_id)
+        .where(Task.job_id == job_id, Candidate.confirms_measurement_id.is_(None))  # not the tuner's: db.confirmation
         .order_by(Candidate.id)
     )
     if candidate_ids is not None:

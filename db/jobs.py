@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from common.errors import BadInput, Conflict, NotFound
@@ -32,6 +32,7 @@ def create_job(
     tasks: Sequence[tuple[str, int, int]],
     retune: bool = False,
     time_budget_s: float | None = None,
+    owner_token_id: int | None = None,
 ) -> int:
     """A queued job and its tasks ``(name, weight, workload_id)``; returns the job id.
 
@@ -54,6 +55,7 @@ def create_job(
         trials_per_round=trials_per_round,
         retune=retune,
         time_budget_s=time_budget_s,
+        owner_token_id=owner_token_id,
         status=JobStatus.queued.value,
         created_at=db_now(session),
     )
@@ -102,10 +104,11 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
             Candidate.task_id.label("task_id"),
             func.count(Measurement.id).label("done"),
             func.count(Measurement.mean_secs).label("valid"),
-            func.min(Measurement.mean_secs).label("best"),
+            # a time refuted by a second worker (db.confirmation) is nobody's best
+            func.min(case((Measurement.confirmation == "rejected", None), else_=Measurement.mean_secs)).label("best"),
         )
         .join(Measurement, Measurement.candidate_id == Candidate.id)
-        .where(Candidate.task_id.in_(task_ids))
+        .where(Candidate.task_id.in_(task_ids), Candidate.confirms_measurement_id.is_(None))  # trials, not re-checks
         .group_by(Candidate.task_id)
         .subquery()
     )
@@ -164,6 +167,14 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
         )
         for j in jobs
     ]
+
+
+def job_owner(session: Session, *, job_id: int) -> int | None:
+    """The id of the token that created the job (None for jobs from before owners were kept); NotFound names the id."""
+    row = session.execute(select(Job.id, Job.owner_token_id).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return row.owner_token_id
 
 
 def cancel_job(session: Session, *, job_id: int) -> JobPublic:

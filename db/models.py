@@ -53,6 +53,7 @@ class Model(Base):
     content: Mapped[bytes] = mapped_column(LargeBinary)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     input_shapes_json: Mapped[str] = mapped_column(Text, default="{}")  # {input name: [dims]}
+    owner_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"))  # who uploaded it first
     created_at: Mapped[datetime]
 
 
@@ -88,6 +89,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     tuner_owner: Mapped[str | None] = mapped_column(String(200))
     tuner_heartbeat_at: Mapped[datetime | None]
+    owner_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"))  # who may cancel it (and admins)
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -124,6 +126,7 @@ class Worker(Base):
     registered_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
     calibration_json: Mapped[str | None] = mapped_column(Text)  # common.protocol.Calibration, as last reported
+    suspect_reason: Mapped[str | None] = mapped_column(Text)  # set when one of its winners failed confirmation
 
 
 class Lease(Base):
@@ -151,6 +154,9 @@ class Candidate(Base):
     state: Mapped[str] = mapped_column(String(16))  # common.protocol.CandidateState
     lease_id: Mapped[int | None] = mapped_column(ForeignKey("leases.id"), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # times leased
+    # A re-measurement of that measurement's trace (db.confirmation), leasable by any worker but this one.
+    confirms_measurement_id: Mapped[int | None] = mapped_column(BigId)  # no FK: measurements refer here
+    exclude_worker_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime]
 
 
@@ -170,6 +176,7 @@ class Measurement(Base):
     error_kind: Mapped[str | None] = mapped_column(String(16))  # common.protocol.ErrorKind, with error
     # Measured while the worker was degraded (calibration) or disturbed (CPU interference).
     flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    confirmation: Mapped[str | None] = mapped_column(String(16))  # db.confirmation.Confirmation; None: not asked
     created_at: Mapped[datetime]
 
     candidate: Mapped[Candidate] = relationship()

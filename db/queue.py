@@ -8,6 +8,12 @@ compare-and-set on (candidate, lease, state): zero rows means the lease was
 lost or the result was already stored, so a duplicate or late report never
 counts twice. Expiry uses the database's clock.
 
+A result counts only if it is believable (``db.plausibility``: else it is
+stored as an error of kind ``rejected``), and one that would become a
+workload's best is re-measured on another worker first (``db.confirmation``).
+Storing a refused time as an error rather than answering 422 keeps the rest of
+the report, closes the candidate (no endless re-lease) and leaves a record.
+
 All functions are keyword-only and run inside the caller's ``session_scope``.
 """
 
@@ -19,13 +25,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from db import confirmation, plausibility
+from db.confirmation import ConfirmPolicy
 from db.engine import as_utc, db_now
-from db.models import Candidate, Lease, Measurement, Worker
+from db.models import Candidate, Lease, Measurement, Worker, Workload
 from common.errors import BadInput, LeaseLost, NotFound
-from common.protocol import CandidateResult, CandidateState, ResultsAck
+from common.protocol import CandidateResult, CandidateState, ErrorKind, ResultsAck
 
 # How stale a worker's last_seen_at may get before a lease stamps it again.
 WORKER_SEEN_RESOLUTION_S = 5.0
@@ -41,13 +49,19 @@ CANCELLED = CandidateState.cancelled.value
 # hydration steps, which were most of a lease's CPU time (bench/queue_throughput.py).
 _cand = Candidate.__table__
 _lease = Lease.__table__
+# A confirmation candidate goes to any worker but the one it checks, and never to a suspect one.
 _PICK = (
     select(_cand.c.id)
-    .where(_cand.c.target_key == bindparam("key"), _cand.c.state == PENDING)
+    .where(
+        _cand.c.target_key == bindparam("key"),
+        _cand.c.state == PENDING,
+        or_(_cand.c.exclude_worker_id.is_(None), _cand.c.exclude_worker_id != bindparam("wid")),
+    )
     .order_by(_cand.c.id)
     .limit(bindparam("n"))
     .with_for_update(skip_locked=True)
 )
+_PICK_UNTRUSTED = _PICK.where(_cand.c.confirms_measurement_id.is_(None))
 _TAKE = (
     update(_cand)
     .where(_cand.c.id.in_(bindparam("ids", expanding=True)), _cand.c.state == PENDING)
@@ -58,7 +72,7 @@ _FINISH = (
     update(_cand)
     .where(_cand.c.id == bindparam("cid"), _cand.c.lease_id == bindparam("lid"), _cand.c.state == LEASED)
     .values(state=DONE)
-    .returning(_cand.c.workload_id, _cand.c.target_key)
+    .returning(_cand.c.workload_id, _cand.c.target_key, _cand.c.confirms_measurement_id)
 )
 _NEW_LEASE = insert(_lease).returning(_lease.c.id)
 _EXPIRED = select(_lease.c.id).where(_lease.c.expires_at < bindparam("now"), _lease.c.released_at.is_(None))
@@ -121,6 +135,7 @@ def lease_candidates(
     max_count: int,
     ttl_s: float,
     seen_at: datetime | None = None,
+    confirmer: bool = True,
 ) -> tuple[Lease | None, list[Row[Any]]]:
     """Claim up to ``max_count`` pending candidates for ``target_key``: (lease, candidate rows by id).
 
@@ -131,10 +146,12 @@ def lease_candidates(
     (``db.engine``). The worker's ``last_seen_at`` is stamped, unless
     ``seen_at`` (the caller's read of it) is younger than
     ``WORKER_SEEN_RESOLUTION_S``: a busy worker's leases skip that write.
+    A worker that is not a ``confirmer`` (a suspect one) gets no confirmation candidates.
     """
     now = db_now(session)
     requeue_expired(session, now=now)
-    ids = list(session.scalars(_PICK, {"key": target_key, "n": max_count}))
+    pick = _PICK if confirmer else _PICK_UNTRUSTED
+    ids = list(session.scalars(pick, {"key": target_key, "n": max_count, "wid": worker_id}))
     if seen_at is not None and seen_at.tzinfo is not None:  # a wire-side (aware) reading
         seen_at = seen_at.astimezone(timezone.utc).replace(tzinfo=None)
     if seen_at is None or now - seen_at >= timedelta(seconds=WORKER_SEEN_RESOLUTION_S):
@@ -195,6 +212,8 @@ def complete(
     worker_id: int,
     results: Sequence[CandidateResult],
     flag_all: bool = False,
+    peak_flops: float | None = None,
+    confirm: ConfirmPolicy | None = None,
 ) -> ResultsAck:
     """Store results of a lease; each candidate is accepted at most once.
 
@@ -203,11 +222,19 @@ def complete(
     or cancelled are ignored (listed in ``ignored``), never stored twice.
     A valid result is stored ``flagged`` when the worker flagged it or
     ``flag_all`` (the worker reported a degraded calibration with it).
+
+    A time faster than ``peak_flops`` allows for its workload, TVM's failed
+    stub, or an unchecked output is stored as a ``rejected`` error. Results of
+    confirmation candidates settle the measurement they re-measured; new
+    would-be bests are sent for confirmation under ``confirm``.
     """
     _owned_lease(session, lease_id=lease_id, worker_id=worker_id)
     validated = [(r.candidate_id, *_validate(r)) for r in results]
     flagged = {r.candidate_id for r in results if r.error is None and (r.flagged or flag_all)}
     kinds = {r.candidate_id: r.error_kind.value for r in results if r.error is not None and r.error_kind is not None}
+    by_id = {r.candidate_id: r for r in results}
+    flops_of: dict[int, float | None] = {}
+    settling: list[tuple[int, int]] = []  # (candidate id, measurement it confirms)
     now = db_now(session)
     accepted: list[int] = []
     ignored: list[int] = []
@@ -218,6 +245,17 @@ def complete(
         if won is None:
             ignored.append(cid)
             continue
+        if mean_secs is not None:
+            if won.workload_id not in flops_of:
+                flops_of[won.workload_id] = session.execute(
+                    select(Workload.flops).where(Workload.id == won.workload_id)
+                ).scalar_one_or_none()
+            reason = plausibility.rejection(by_id[cid], flops=flops_of[won.workload_id], peak=peak_flops)
+            if reason is not None:
+                run_secs_json, mean_secs, error = None, None, f"rejected: {reason}"
+                kinds[cid] = ErrorKind.rejected.value
+        if won.confirms_measurement_id is not None:
+            settling.append((cid, won.confirms_measurement_id))
         rows.append(
             dict(
                 candidate_id=cid,
@@ -228,14 +266,43 @@ def complete(
                 mean_secs=mean_secs,
                 error=error,
                 error_kind=kinds.get(cid),
-                flagged=cid in flagged,
+                flagged=cid in flagged and mean_secs is not None,
                 created_at=now,
             )
         )
         accepted.append(cid)
     if rows:
         session.execute(_NEW_MEASUREMENT, rows)
+    if settling or (confirm is not None and confirm.enabled):
+        _confirmations(session, worker_id=worker_id, rows=rows, settling=settling, policy=confirm or ConfirmPolicy())
     return ResultsAck(accepted=accepted, ignored=ignored)
+
+
+def _confirmations(
+    session: Session,
+    *,
+    worker_id: int,
+    rows: list[dict[str, object]],
+    settling: list[tuple[int, int]],
+    policy: ConfirmPolicy,
+) -> None:
+    """Settle the confirmations among the stored rows, then queue confirmations for new would-be bests."""
+    stored = {int(r["candidate_id"]): r for r in rows}  # type: ignore[call-overload]
+    for cid, original in settling:
+        row = stored[cid]
+        confirmation.settle(
+            session, confirms_measurement_id=original, confirmer_id=worker_id,
+            mean_secs=row["mean_secs"], error_kind=row["error_kind"], policy=policy,  # type: ignore[arg-type]
+        )
+    settled = {cid for cid, _ in settling}
+    fresh: dict[str, list[int]] = {}
+    for cid, row in stored.items():
+        if cid not in settled and row["mean_secs"] is not None and not row["flagged"]:
+            fresh.setdefault(str(row["target_key"]), []).append(cid)
+    for key, cids in fresh.items():
+        confirmation.request_confirmations(
+            session, worker_id=worker_id, target_key=key, candidate_ids=cids, policy=policy
+        )
 
 
 def release(session: Session, *, lease_id: int, worker_id: int) -> int:

@@ -8,10 +8,16 @@ Policy (every "best" in tunehub goes through here: config downloads,
   ``1e10`` s; a mean at or above ``FAILED_STUB_SECS`` is that stub, no kernel
   runs for 317 years), and its candidate has a trace (not empty text, ``[]`` or
   ``null``; ``[[],[]]``, the workload as written, is a real schedule and counts);
+- **not refuted**: a result whose re-measurement on another worker disagreed
+  (``db.confirmation``, ``rejected``) never counts, and a confirmation's own
+  re-measurement is not a candidate for best (only its verdict counts);
 - **unflagged before flagged**: a result timed on a degraded or disturbed worker
   (``flagged``) ranks after every unflagged one of the same workload, whatever
   its time; interference only slows kernels, so a flagged time is untrusted,
   but it still beats having nothing;
+- **settled before pending**: a result awaiting confirmation ranks after every
+  settled one of its workload, so an unconfirmed fast claim is not served while
+  anything else is known (and is served, unconfirmed, when nothing else is);
 - then by mean seconds, fastest first; ties by measurement id (the older wins),
   so the same database always gives the same answer.
 
@@ -24,10 +30,11 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from common.protocol import JobStatus
+from db.confirmation import Confirmation, not_rejected
 from db.models import Candidate, Job, Measurement, Task, Workload
 from db.records import BestRecord
 
@@ -43,10 +50,13 @@ def valid_measurement() -> ColumnElement[bool]:
         Measurement.mean_secs < FAILED_STUB_SECS,
         Candidate.trace_json.is_not(None),
         Candidate.trace_json.not_in(EMPTY_TRACES),
+        Candidate.confirms_measurement_id.is_(None),
+        not_rejected(),
     )
 
 
-RANK_ORDER = (Measurement.flagged, Measurement.mean_secs, Measurement.id)
+_PENDING = case((Measurement.confirmation == Confirmation.pending.value, 1), else_=0)
+RANK_ORDER = (Measurement.flagged, _PENDING, Measurement.mean_secs, Measurement.id)
 """The ordering half of the policy (false sorts before true on both backends)."""
 
 
@@ -65,6 +75,7 @@ class RankedMeasurement:
     run_secs: tuple[float, ...]
     mean_secs: float
     flagged: bool
+    confirmed: bool = False
 
 
 def _ranked(
@@ -92,6 +103,7 @@ def _ranked(
         Measurement.run_secs_json,
         Measurement.mean_secs,
         Measurement.flagged,
+        Measurement.confirmation,
     ).join(Candidate, Candidate.id == Measurement.candidate_id)
     if done_jobs_except is not None:
         query = query.join(Task, Task.id == Candidate.task_id).join(Job, Job.id == Task.job_id)
@@ -132,7 +144,7 @@ def ranked_measurements(
             rank=r.rank, measurement_id=r.measurement_id, workload_id=r.workload_id, candidate_id=r.candidate_id,
             task_id=r.task_id, trace_json=r.trace_json, round=r.round, state=r.state,
             run_secs=tuple(float(s) for s in json.loads(r.run_secs_json)), mean_secs=float(r.mean_secs),
-            flagged=bool(r.flagged),
+            flagged=bool(r.flagged), confirmed=r.confirmation == Confirmation.confirmed.value,
         ))
     return out
 
@@ -164,6 +176,7 @@ def best_records(session: Session, *, target_key: str, workload_ids: Iterable[in
             run_secs=list(m.run_secs),
             mean_secs=m.mean_secs,
             candidate_id=m.candidate_id,
+            confirmed=m.confirmed,
         )
         for wid, (m,) in sorted(best.items())
     ]

@@ -21,6 +21,7 @@ class BestRecord:
     run_secs: list[float]
     mean_secs: float
     candidate_id: int
+    confirmed: bool = False  # re-measured on a second worker of the target key, and it agreed
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,4 @@ class WorkerRecord:
     target_key: str
     last_seen_at: datetime
     calibration: Calibration | None
+    suspect_reason: str | None = None  # one of its winners failed confirmation (db.confirmation)

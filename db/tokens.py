@@ -66,7 +66,7 @@ def ensure_token(session: Session, *, raw: str, name: str, role: Role) -> TokenR
 
 
 # Every request runs it: built once, so its cache key is computed once (see db/queue.py).
-_LIVE_TOKEN = select(Token.__table__.c.id, Token.__table__.c.role).where(
+_LIVE_TOKEN = select(Token.__table__.c.id, Token.__table__.c.role, Token.__table__.c.name).where(
     Token.__table__.c.token_hash == bindparam("digest"), Token.__table__.c.revoked_at.is_(None)
 )
 
@@ -75,6 +75,12 @@ def verify_token(session: Session, *, raw: str) -> tuple[int, Role] | None:
     """(token id, role) for a live token; None for an unknown or revoked one."""
     row = session.execute(_LIVE_TOKEN, {"digest": hash_token(raw)}).one_or_none()
     return None if row is None else (row.id, Role(row.role))
+
+
+def live_token(session: Session, *, raw: str) -> TokenRecord | None:
+    """The live token's record (id, name, role); None for an unknown or revoked one."""
+    row = session.execute(_LIVE_TOKEN, {"digest": hash_token(raw)}).one_or_none()
+    return None if row is None else TokenRecord(id=row.id, name=row.name, role=Role(row.role))
 
 
 def revoke_token(session: Session, *, token_id: int) -> None:

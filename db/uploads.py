@@ -21,7 +21,12 @@ from db.records import ModelFile
 
 
 def store_model(
-    session: Session, *, name: str, content: bytes, input_shapes: dict[str, list[int]]
+    session: Session,
+    *,
+    name: str,
+    content: bytes,
+    input_shapes: dict[str, list[int]],
+    owner_token_id: int | None = None,
 ) -> tuple[ModelPublic, bool]:
     """Store model bytes once by sha256; returns (its wire view, created).
 
@@ -43,6 +48,7 @@ def store_model(
             content=content,
             size_bytes=len(content),
             input_shapes_json=shapes_json,
+            owner_token_id=owner_token_id,
             created_at=db_now(session),
         )
         try:

@@ -72,6 +72,7 @@ def _record(row: Worker) -> WorkerRecord:
         target_key=row.target_key,
         last_seen_at=as_utc(row.last_seen_at),
         calibration=calibration,
+        suspect_reason=row.suspect_reason,
     )
 
 
@@ -86,7 +87,8 @@ def worker_public(worker: WorkerRecord) -> WorkerPublic:
     """The wire view of a worker (no token, no timestamps)."""
     return WorkerPublic(
         id=worker.id, name=worker.name, target=worker.target, target_key=worker.target_key,
-        calibration=worker.calibration,
+        calibration=worker.calibration, suspect=worker.suspect_reason is not None,
+        suspect_reason=worker.suspect_reason,
     )
 
 

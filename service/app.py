@@ -29,6 +29,8 @@ from db.tokens import ensure_token
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.migrate import upgrade
 from service import dashboard
+from service.audit import AuditLog
+from service.body_limits import JsonBodyLimit
 from service.errors import install_error_handlers
 from service.limits import ConcurrencyLimit
 from service.routes import configs, health, jobs, leases, models, tokens, workers
@@ -89,12 +91,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=common.__version__,
         description="An autotuning service for Apache TVM: submit models, lease candidates, download best configs.",
         lifespan=lifespan,
-        responses={code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 503)},
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = factory
     install_error_handlers(app)
+    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_kb * 1024, max_depth=settings.max_json_depth)
+    app.add_middleware(AuditLog)
     app.add_middleware(ConcurrencyLimit, limit=settings.api_max_concurrency)
 
     api = APIRouter(prefix=API_PREFIX)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,7 +20,7 @@ from db import tokens, workers
 from db.engine import session_scope
 from db.records import WorkerRecord
 from common.errors import Forbidden, Unauthorized
-from common.protocol import Role
+from common.protocol import MAX_ID, Role
 from common.settings import Settings
 
 
@@ -41,24 +41,32 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False, description="A tunehub token: `Authorization: Bearer <token>`.")
 
 
+PathId = Annotated[int, Path(ge=1, le=MAX_ID, description="A row id, 1..2**63-1.")]
+"""An id in the URL path: out of range is a 422, never a database overflow."""
+
+
 @dataclass(frozen=True)
 class AuthToken:
-    """The caller, as far as authorization cares."""
+    """The caller, as far as authorization cares (the name goes into the audit log)."""
 
     id: int
     role: Role
+    name: str = ""
 
 
 def current_token(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AuthToken:
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing token: send the header 'Authorization: Bearer <token>'")
-    found = tokens.verify_token(session, raw=credentials.credentials)
+    found = tokens.live_token(session, raw=credentials.credentials)
     if found is None:
         raise Unauthorized("unknown or revoked token")
-    return AuthToken(*found)
+    token = AuthToken(id=found.id, role=found.role, name=found.name)
+    request.state.token = token  # service.audit names the caller of every write
+    return token
 
 
 CurrentToken = Annotated[AuthToken, Depends(current_token)]

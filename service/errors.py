@@ -4,6 +4,8 @@
 - request validation (FastAPI/pydantic) is 422 ``bad_input`` with a readable detail;
 - unknown routes and methods keep their status (404/405) but answer in JSON;
 - a lost database connection is 503 ``unavailable`` (workers retry on it);
+- input nested too deeply or a number out of range is 422 ``bad_input`` (a
+  backstop behind the schema bounds and ``service.body_limits``);
 - anything else is 500 ``internal``: logged here with the request, and its
   traceback logged by the server, never sent to the client.
 """
@@ -81,6 +83,18 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
         return error_response(exc.status_code, code, detail, dict(exc.headers or {}) or None)
+
+    @app.exception_handler(RecursionError)
+    def _too_deep(request: Request, _exc: RecursionError) -> JSONResponse:
+        # A backstop: JSON bodies are depth-checked before parsing (service.body_limits); other text is not.
+        log.warning("%s %s: input nested too deeply", request.method, request.url.path)
+        return error_response(422, "bad_input", "the input is nested too deeply")
+
+    @app.exception_handler(OverflowError)
+    def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        # A backstop: every id and count is bounded in the schema; a number that still overflows is the client's.
+        log.warning("%s %s: number out of range: %s", request.method, request.url.path, exc)
+        return error_response(422, "bad_input", "a number in the request is out of range")
 
     @app.exception_handler(OperationalError)
     def _db_down(request: Request, exc: OperationalError) -> JSONResponse:

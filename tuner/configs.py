@@ -10,7 +10,7 @@ Zip layout::
 
     database_workload.json
     database_tuning_record.json
-    manifest.json     # target, counts, skipped records, TVM version
+    manifest.json     # target, counts, skipped records, confirmed per workload, TVM version
     README.txt        # how to use the files
 """
 
@@ -121,6 +121,8 @@ def build_config_zip(records: Sequence[BestRecord], target: Mapping[str, Any]) -
             "workloads": workloads,
             "records": committed,
             "skipped": skipped,
+            # workload hash -> re-measured on a second worker and agreed (db.confirmation); false: unconfirmed
+            "confirmed": {r.shash: r.confirmed for r in records if r.shash not in {s["shash"] for s in skipped}},
             "tvm_version": str(tvm.__version__),
             "files": [WORKLOAD_FILE, RECORD_FILE],
         }

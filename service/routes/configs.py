@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from db import jobs, ranking
-from service.deps import CurrentToken, SessionDep, pause_transaction
+from service.body_limits import json_depth
+from service.deps import CurrentToken, SessionDep, SettingsDep, pause_transaction
 from common.errors import BadInput, NotFound
+from common.protocol import MAX_ID
 from common.targets import canonical_target
 
 router = APIRouter(prefix="/configs", tags=["configs"])
@@ -19,10 +21,13 @@ _ZIP = {200: {"content": {"application/zip": {}}, "description": "JSONDatabase f
 @router.get("", response_class=Response, responses=_ZIP)
 def download_configs(
     session: SessionDep,
+    settings: SettingsDep,
     _: CurrentToken,
-    job: Annotated[int | None, Query(description="A job id.")] = None,
-    model: Annotated[int | None, Query(description="A model id; needs target.")] = None,
-    target: Annotated[str | None, Query(description='Target JSON, e.g. {"kind":"llvm","num-cores":2}')] = None,
+    job: Annotated[int | None, Query(ge=1, le=MAX_ID, description="A job id.")] = None,
+    model: Annotated[int | None, Query(ge=1, le=MAX_ID, description="A model id; needs target.")] = None,
+    target: Annotated[
+        str | None, Query(max_length=4096, description='Target JSON, e.g. {"kind":"llvm","num-cores":2}')
+    ] = None,
 ) -> Response:
     """The fastest valid measurement per workload of the job (or of every job of the model on the target).
 
@@ -35,6 +40,8 @@ def download_configs(
         target_json, target_key, ids = jobs.job_workloads(session, job_id=job)
         what, filename = f"job {job}", f"tunehub-configs-job{job}.zip"
     elif model is not None and target:
+        if json_depth(target.encode()) > settings.max_json_depth:
+            raise BadInput(f"query.target: JSON nested deeper than {settings.max_json_depth} levels")
         target_json, target_key = canonical_target(target)
         ids = jobs.model_workloads(session, model_id=model, target_key=target_key)
         if not ids:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from db import leases, queue, workers
-from service.deps import SessionDep, SettingsDep, WorkerToken, owned_worker
+from db.confirmation import ConfirmPolicy
+from db.plausibility import PeakPolicy, peak_flops
+from service.deps import PathId, SessionDep, SettingsDep, WorkerToken, owned_worker
 from common.protocol import (
     HeartbeatRequest,
     HeartbeatResponse,
@@ -38,7 +40,7 @@ def lease(body: LeaseRequest, session: SessionDep, settings: SettingsDep, token:
 
 @router.post("/{lease_id}/heartbeat")
 def heartbeat(
-    lease_id: int, body: HeartbeatRequest, session: SessionDep, settings: SettingsDep, token: WorkerToken
+    lease_id: PathId, body: HeartbeatRequest, session: SessionDep, settings: SettingsDep, token: WorkerToken
 ) -> HeartbeatResponse:
     """Extend the lease by the TTL; 409 ``lease_lost`` once it expired or was released."""
     owned_worker(session, token, body.worker_id)
@@ -47,7 +49,9 @@ def heartbeat(
 
 
 @router.post("/{lease_id}/results")
-def report_results(lease_id: int, body: ResultsReport, session: SessionDep, token: WorkerToken) -> ResultsAck:
+def report_results(
+    lease_id: PathId, body: ResultsReport, session: SessionDep, settings: SettingsDep, token: WorkerToken
+) -> ResultsAck:
     """Store results, each candidate once; duplicates and late reports come back in ``ignored``.
 
     Results come with the worker's calibration (optional): a result is stored
@@ -55,12 +59,17 @@ def report_results(lease_id: int, body: ResultsReport, session: SessionDep, toke
     and the worker's row keeps the calibration for ``GET /workers``.
 
     The report is one transaction: one malformed result is a 422 and nothing
-    of the report is stored.
+    of the report is stored. Implausible times are stored as ``rejected``
+    errors; a suspect worker's results are all flagged; a would-be best is
+    re-measured on another worker before it is served as confirmed.
     """
-    owned_worker(session, token, body.worker_id)
+    worker = owned_worker(session, token, body.worker_id)
     degraded = body.calibration is not None and body.calibration.status == "degraded"
+    peak = peak_flops(worker.target, worker.target_key, PeakPolicy(settings.peak_gflops_per_core, settings.peak_gflops))
     ack = queue.complete(
-        session, lease_id=lease_id, worker_id=body.worker_id, results=body.results, flag_all=degraded
+        session, lease_id=lease_id, worker_id=body.worker_id, results=body.results,
+        flag_all=degraded or worker.suspect_reason is not None, peak_flops=peak,
+        confirm=ConfirmPolicy(settings.confirm_winners, settings.confirm_tolerance, settings.confirm_worker_seen_s),
     )
     if body.calibration is not None:
         workers.set_worker_calibration(session, worker_id=body.worker_id, calibration=body.calibration)
@@ -68,7 +77,7 @@ def report_results(lease_id: int, body: ResultsReport, session: SessionDep, toke
 
 
 @router.post("/{lease_id}/release")
-def release(lease_id: int, body: ReleaseRequest, session: SessionDep, token: WorkerToken) -> dict[str, int]:
+def release(lease_id: PathId, body: ReleaseRequest, session: SessionDep, token: WorkerToken) -> dict[str, int]:
     """Hand the unfinished candidates back at once (a worker shutting down); ``{"released": n}``."""
     owned_worker(session, token, body.worker_id)
     return {"released": queue.release(session, lease_id=lease_id, worker_id=body.worker_id)}

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from db import uploads
-from service.deps import CurrentToken, SessionDep, SettingsDep, UserToken, pause_transaction
+from service.deps import CurrentToken, PathId, SessionDep, SettingsDep, UserToken, pause_transaction
 from common.errors import BadInput, TooLarge
 from common.shapes import parse_shapes
-from common.protocol import ModelPublic
+from common.protocol import MAX_ID, ModelPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -25,10 +25,12 @@ def upload_model(
     file: Annotated[UploadFile, File(description="The ONNX file.")],
     session: SessionDep,
     settings: SettingsDep,
-    _: UserToken,
+    token: UserToken,
     response: Response,
     name: Annotated[str | None, Form(max_length=200)] = None,
-    input_shapes: Annotated[str | None, Form(description='JSON, e.g. {"x": [1, 3, 32, 32]}')] = None,
+    input_shapes: Annotated[
+        str | None, Form(max_length=100_000, description='JSON, e.g. {"x": [1, 3, 32, 32]}')
+    ] = None,
 ) -> ModelPublic:
     """201 with the new model, or 200 (``created: false``) when these bytes are stored already."""
     from tuner.intake import inspect_onnx  # onnx is heavy; imported on first upload
@@ -43,7 +45,8 @@ def upload_model(
     pause_transaction(session)
     inputs = inspect_onnx(content, shapes)  # BadInput with the parser's reason
     model, created = uploads.store_model(
-        session, name=name or file.filename or "model.onnx", content=content, input_shapes=inputs.shapes
+        session, name=name or file.filename or "model.onnx", content=content, input_shapes=inputs.shapes,
+        owner_token_id=token.id,
     )
     if not created:
         response.status_code = 200
@@ -55,12 +58,12 @@ def list_models(
     session: SessionDep,
     _: CurrentToken,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> list[ModelPublic]:
     """Newest first."""
     return uploads.list_models(session, limit=limit, offset=offset)
 
 
 @router.get("/{model_id}")
-def get_model(model_id: int, session: SessionDep, _: CurrentToken) -> ModelPublic:
+def get_model(model_id: PathId, session: SessionDep, _: CurrentToken) -> ModelPublic:
     return uploads.get_model(session, model_id=model_id)

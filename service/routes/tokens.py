@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from db import tokens
-from service.deps import AdminToken, SessionDep
+from service.deps import AdminToken, PathId, SessionDep
 from common.protocol import TokenCreate, TokenCreated
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
@@ -18,6 +18,6 @@ def create_token(body: TokenCreate, session: SessionDep, _: AdminToken) -> Token
 
 
 @router.delete("/{token_id}", status_code=204)
-def revoke_token(token_id: int, session: SessionDep, _: AdminToken) -> Response:
+def revoke_token(token_id: PathId, session: SessionDep, _: AdminToken) -> Response:
     tokens.revoke_token(session, token_id=token_id)
     return Response(status_code=204)

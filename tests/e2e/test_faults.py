@@ -130,6 +130,7 @@ def _measured_once(stack, ids: list[int]) -> None:  # type: ignore[no-untyped-de
 
 
 def test_worker_killed_mid_lease_its_candidates_are_leased_again_after_the_ttl(stack) -> None:
+    stack.overrides["TUNEHUB_CONFIRM_WINNERS"] = "false"  # counts the queue's own candidates only
     ttl = 6.0
     stack.overrides["TUNEHUB_LEASE_TTL_S"] = str(ttl)
     stack.start_service(tuner=False)
@@ -185,6 +186,7 @@ def test_worker_killed_mid_lease_its_candidates_are_leased_again_after_the_ttl(s
 
 @pytest.mark.postgres
 def test_service_recovers_by_itself_when_the_database_drops_its_connections(pg_stack) -> None:
+    pg_stack.overrides["TUNEHUB_CONFIRM_WINNERS"] = "false"  # counts the queue's own candidates only
     pg_stack.start_service(tuner=False)
     job = _job(pg_stack, STUB_TARGET)
     ids = _enqueue(pg_stack, job.id, 240)
@@ -210,6 +212,7 @@ def test_service_recovers_by_itself_when_the_database_drops_its_connections(pg_s
 
 @pytest.mark.postgres
 def test_two_replicas_and_50_workers_lease_every_candidate_once(pg_stack) -> None:
+    pg_stack.overrides["TUNEHUB_CONFIRM_WINNERS"] = "false"  # counts the queue's own candidates only
     pg_stack.start_service(tuner=False)
     second = pg_stack.start_replica("replica-2")
     job = _job(pg_stack, STUB_TARGET)
@@ -233,6 +236,7 @@ def test_two_replicas_and_50_workers_lease_every_candidate_once(pg_stack) -> Non
 
 @pytest.mark.postgres
 def test_tuner_and_service_killed_mid_job_another_tuner_finishes_it(pg_stack) -> None:
+    pg_stack.overrides["TUNEHUB_CONFIRM_WINNERS"] = "false"  # counts the queue's own candidates only
     trials = 8
     pg_stack.overrides["TUNEHUB_LEASE_TTL_S"] = "8"  # a lease answer lost with the API comes back soon
     pg_stack.start_service(tuner=False)

@@ -16,7 +16,7 @@ import pytest
 from live_server import MLP_ONNX, Live
 from sqlalchemy import select
 
-from db import jobs, queue
+from db import jobs, queue, tokens
 from db.models import Candidate, Job, Task
 from common.targets import canonical_target
 
@@ -137,18 +137,19 @@ def test_configs_download_as_a_metaschedule_zip(live: Live, job: dict[str, Any],
 def test_cancel_withdraws_candidates_and_only_once(live: Live, job: dict[str, Any]) -> None:
     """A second job of the model on another target: nothing measured (configs 404), then cancelled."""
     canonical, key = canonical_target({"kind": "llvm", "num-cores": 3})
+    raw = live.token("user")
     with live.session() as s:
         tasks = s.execute(select(Task.name, Task.weight, Task.workload_id).where(Task.job_id == job["id"])).all()
         other = jobs.create_job(
             s, model_id=job["model_id"], target_json=canonical, target_key=key, trials=8, trials_per_round=4,
-            tasks=[tuple(t) for t in tasks],
+            tasks=[tuple(t) for t in tasks], owner_token_id=tokens.live_token(s, raw=raw).id,  # type: ignore[union-attr]
         )
         first_task = s.scalars(select(Task).where(Task.job_id == other).order_by(Task.id)).first()
         assert first_task is not None
         cids = queue.enqueue_candidates(
             s, task_id=first_task.id, workload_id=first_task.workload_id, target_key=key, traces=[EMPTY_TRACE] * 2, round=0
         )
-    user = live.client(live.token("user"))
+    user = live.client(raw)
     r = user.get("/configs", params={"job": other})
     assert r.status_code == 404 and "nothing has been measured" in r.json()["detail"]
 
