@@ -59,14 +59,19 @@ def current_token(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AuthToken:
-    if credentials is None or not credentials.credentials:
-        raise Unauthorized("missing token: send the header 'Authorization: Bearer <token>'")
-    found = tokens.live_token(session, raw=credentials.credentials)
-    if found is None:
-        raise Unauthorized("unknown or revoked token")
-    token = AuthToken(id=found.id, role=found.role, name=found.name)
+    token = authenticate(session, credentials.credentials if credentials is not None else None)
     request.state.token = token  # service.audit names the caller of every write
     return token
+
+
+def authenticate(session: Session, raw: str | None) -> AuthToken:
+    """The live token a raw string names (a Bearer header, the dashboard's cookie); Unauthorized otherwise."""
+    if not raw:
+        raise Unauthorized("missing token: send the header 'Authorization: Bearer <token>'")
+    found = tokens.live_token(session, raw=raw)
+    if found is None:
+        raise Unauthorized("unknown or revoked token")
+    return AuthToken(id=found.id, role=found.role, name=found.name)
 
 
 CurrentToken = Annotated[AuthToken, Depends(current_token)]

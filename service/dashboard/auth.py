@@ -1,7 +1,7 @@
 """Dashboard sign-in: a token posted once, then carried in a cookie.
 
 The login form posts a tunehub token (admin or user role); the service checks
-it the way the API does (``service.deps.current_token``) and sets it in an
+it the way the API does (``service.deps.authenticate``) and sets it in an
 HttpOnly, SameSite=Strict cookie, Secure when the request came over https.
 Pages and the dashboard's JSON endpoints accept that cookie (the JSON ones a
 Bearer header too). A page without a valid cookie redirects to the login form;
@@ -16,12 +16,11 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
 
 from common.errors import Forbidden, TunehubError, Unauthorized
 from common.protocol import Role
-from service.deps import AuthToken, SessionDep, current_token
+from service.deps import AuthToken, SessionDep, authenticate
 
 COOKIE = "tunehub_token"
 PREFIX = "/dashboard"
@@ -49,7 +48,7 @@ class LoginRequired(Exception):
 
 def _viewer(session: SessionDep, raw: str) -> AuthToken:
     """The token's holder if it may view the dashboard; Unauthorized or Forbidden otherwise."""
-    token = current_token(session, HTTPAuthorizationCredentials(scheme="Bearer", credentials=raw))
+    token = authenticate(session, raw)
     if token.role not in VIEWER_ROLES:
         raise Forbidden(f"the dashboard needs an admin or user token; this one has role {token.role.value}")
     return token
