@@ -10,6 +10,9 @@ the ONNX checker (which looks the path up) and before anything is stored.
 Sizes are bounded from the model's own declarations and ONNX shape inference
 (with constant propagation, so ``ConstantOfShape`` of a constant shape is
 seen), because constant folding would otherwise materialise the whole tensor.
+The FLOPs of each MatMul, Gemm and Conv follow from the same shapes, so a
+task no machine could tune is refused at upload; the extracted tasks' own
+FLOPs are checked again after extraction.
 """
 
 from __future__ import annotations
@@ -142,9 +145,38 @@ def check_inferred(model: onnx.ModelProto, shapes: dict[str, list[int]], limits:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001  (inference is advisory here; conversion reports real errors)
         return
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+    known: dict[str, list[int]] = {t.name: list(t.dims) for t in inferred.graph.initializer}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         if vi.type.WhichOneof("value") != "tensor_type" or not vi.type.tensor_type.HasField("shape"):
             continue
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
         if dims and (max(dims) > limits.max_dim or prod(dims) > limits.max_tensor_elements):
             check_bounds({vi.name: dims}, **_bounds(limits), what="tensor")
+        if len(dims) == len(vi.type.tensor_type.shape.dim):
+            known[vi.name] = dims
+    for node in inferred.graph.node:
+        flops = _node_flops(node, known)
+        if flops is not None and flops > limits.max_task_flops:
+            raise BadInput(
+                f"{node.op_type} node {node.name or node.output[0]!r} takes {flops:.3g} floating-point operations "
+                f"per call, over the limit of {limits.max_task_flops:.3g} (TUNEHUB_INTAKE_MAX_TASK_FLOPS)"
+            )
+
+
+def _node_flops(node: onnx.NodeProto, known: dict[str, list[int]]) -> float | None:
+    """Multiply-adds x 2 of a MatMul, Gemm or Conv whose shapes are known; None for anything else."""
+    shapes = [known.get(name) for name in [*node.input[:2], *node.output[:1]]]
+    if len(shapes) < 3 or any(not s for s in shapes):
+        return None
+    a, w, out = shapes
+    assert a is not None and w is not None and out is not None
+    if node.op_type == "MatMul":
+        reduce = a[-1]
+    elif node.op_type == "Gemm":
+        trans_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
+        reduce = a[0] if trans_a else a[-1]
+    elif node.op_type == "Conv":
+        reduce = prod(w[1:])  # input channels per group x kernel window
+    else:
+        return None
+    return 2.0 * prod(out) * reduce

@@ -165,6 +165,12 @@ def test_sizes_are_bounded_before_storing(server: Server) -> None:
     _refused(_upload(server, _fill_add(20000, 20000)), 422, "[20000, 20000]", "TUNEHUB_INTAKE_MAX_TENSOR_ELEMENTS")
     _refused(_upload(server, _matmul([10**9, 10**9])), 422, "TUNEHUB_INTAKE_MAX_TENSOR_ELEMENTS")
     _refused(_upload(server, _matmul(["n", "n"]), input_shapes='{"a": [1000000000, 1000000000], "b": [1000000000, 1000000000]}'), 422, "input_shapes")
+    conv = _onnx(  # every tensor within the size bound, 1.9e13 FLOPs in one call
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4096, 256, 256]), helper.make_tensor_value_info("w", TensorProto.FLOAT, [4096, 4096, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096, 254, 254])],
+    )
+    _refused(_upload(server, conv), 422, "Conv node", "TUNEHUB_INTAKE_MAX_TASK_FLOPS")
     mlp_n = make_models().mlp_model(batch="N").SerializeToString()
     _refused(_upload(server, mlp_n, input_shapes='{"x": [100000000000000000000, 16]}'), 422, "input_shapes")
     _refused(_upload(server, mlp_n, input_shapes=f'{{"x": [{2**31 - 1}, 64]}}'), 422, "TUNEHUB_INTAKE_MAX_TENSOR_ELEMENTS")

@@ -264,10 +264,20 @@ def test_declared_and_inferred_sizes_are_bounded() -> None:
 def test_node_task_and_flop_limits(mlp_bytes: bytes, cpu_target: dict[str, Any]) -> None:
     with pytest.raises(BadInput, match="more than 2 nodes"):
         inspect_onnx(mlp_bytes, None, IntakeLimits(max_nodes=2))
+    # at upload, from shapes alone: the largest node, fc2, is 2 x 8 x 128 x 128 = 262144 FLOPs
+    inspect_onnx(mlp_bytes, None, IntakeLimits(max_task_flops=262144))
+    with pytest.raises(BadInput, match="MatMul node 'fc2' takes 2.62e\\+05 floating-point operations.*TUNEHUB_INTAKE_MAX_TASK_FLOPS"):
+        inspect_onnx(mlp_bytes, None, IntakeLimits(max_task_flops=262143))
     with pytest.raises(BadInput, match="3 tuning tasks, over the limit of 2"):
         extract_workloads(mlp_bytes, None, cpu_target, IntakeLimits(max_tasks=2))
-    with pytest.raises(BadInput, match="fused_matmul.*floating-point operations per call, over the limit"):
-        extract_workloads(mlp_bytes, None, cpu_target, IntakeLimits(max_task_flops=1e4))
+    # ops the upload check does not estimate meet the limit on the extracted task's own FLOPs
+    square = helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])
+    elementwise = _model(
+        [helper.make_node("Add", ["x", "x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
+        [square], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
+    )
+    with pytest.raises(BadInput, match="task fused_add_relu takes .* floating-point operations per call, over the limit"):
+        extract_workloads(elementwise, None, cpu_target, IntakeLimits(max_task_flops=100))
 
 
 def test_the_sandbox_answers_like_intake(mlp_bytes: bytes, cpu_target: dict[str, Any]) -> None:
