@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     intake_wall_s: float = Field(
         900.0, gt=0, description="Wall-clock seconds one intake may take (a safety net on a busy machine); more is a 413."
     )
+    intake_concurrency: int = Field(
+        2, ge=1, description="Intake processes one service process runs at once; further uploads and jobs wait their turn."
+    )
     intake_max_dim: int = Field(2**31 - 1, ge=1, description="Largest dimension of any tensor of a model.")
     intake_max_tensor_elements: int = Field(
         2**28, ge=1, description="Most elements in any one tensor of a model (inputs, weights, intermediates)."

@@ -7,6 +7,10 @@ bytes to the child's stdin; the child imports what the work needs, sets
 :class:`IntakeReply`) back. It runs in an empty temporary directory, with no
 core dumps, so nothing an upload names can be found relative to it.
 
+At most ``intake_concurrency`` children run at once per process, so a burst of
+uploads cannot multiply the memory limit; a request that waits longer than
+``intake_wall_s`` for its turn is Unavailable (503, worth retrying).
+
 Every outcome is a :class:`common.errors.TunehubError` the service maps to a 4xx:
 a bad model is BadInput (422) with intake's reason; a model that needs more
 memory, CPU or time than allowed is TooLarge (413) naming the setting; a child
@@ -22,12 +26,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from common.errors import BadInput, TooLarge, TunehubError
+from common.errors import BadInput, TooLarge, TunehubError, Unavailable
 from tuner.intake import ExtractedWorkload, InputShapes, ModelInputs
 from tuner.intake_checks import IntakeLimits
 
@@ -36,6 +41,14 @@ if TYPE_CHECKING:
 
 _ROOT = Path(__file__).resolve().parents[1]  # the child imports this same tree
 _TAIL = 2000  # characters of the child's stderr kept for a message
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+def intake_slots(concurrency: int) -> threading.BoundedSemaphore:
+    """The process-wide semaphore for ``concurrency`` intake children at once."""
+    with _slots_lock:
+        return _slots.setdefault(concurrency, threading.BoundedSemaphore(concurrency))
 
 
 class IntakeOp(str, enum.Enum):
@@ -80,6 +93,18 @@ def extract_in_sandbox(
 
 
 def _run(
+    op: IntakeOp, content: bytes, shapes: InputShapes | None, target: dict[str, Any] | None, settings: Settings
+) -> IntakeReply:
+    slots = intake_slots(settings.intake_concurrency)
+    if not slots.acquire(timeout=settings.intake_wall_s):
+        raise Unavailable(f"model intake is busy ({settings.intake_concurrency} at once, TUNEHUB_INTAKE_CONCURRENCY); retry shortly")
+    try:
+        return _run_child(op, content, shapes, target, settings)
+    finally:
+        slots.release()
+
+
+def _run_child(
     op: IntakeOp, content: bytes, shapes: InputShapes | None, target: dict[str, Any] | None, settings: Settings
 ) -> IntakeReply:
     request = IntakeRequest(

@@ -10,12 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from common.errors import BadInput, TooLarge
+from common.errors import BadInput, TooLarge, Unavailable
 from common.settings import Settings
 from common.tvm_json import workload_from_json, workload_hash
 from tuner.intake import ExtractedWorkload, extract_workloads, inspect_onnx, onnx_to_relax
 from tuner.intake_checks import IntakeLimits
-from tuner.intake_sandbox import extract_in_sandbox, inspect_in_sandbox
+from tuner.intake_sandbox import extract_in_sandbox, inspect_in_sandbox, intake_slots
 
 MLP_TASKS = {"fused_matmul_add_relu", "fused_matmul1_add_relu", "fused_matmul2_add1"}
 CONVNET_TASKS = {
@@ -308,3 +308,16 @@ def test_the_sandbox_cpu_and_wall_limits_are_413(cpu_target: dict[str, Any]) -> 
         extract_in_sandbox(_slow_to_fold(), None, cpu_target, Settings(intake_cpu_s=1))
     with pytest.raises(TooLarge, match="longer than 0.2 s.*TUNEHUB_INTAKE_WALL_S"):
         extract_in_sandbox(_slow_to_fold(), None, cpu_target, Settings(intake_wall_s=0.2))  # TVM's import alone takes longer
+
+
+def test_the_sandbox_runs_a_bounded_number_at_once(mlp_bytes: bytes) -> None:
+    """With every slot taken, a request waits its turn, then says busy; a freed slot serves it."""
+    settings = Settings(intake_concurrency=1, intake_wall_s=0.3)
+    slots = intake_slots(1)
+    assert slots.acquire(timeout=60)
+    try:
+        with pytest.raises(Unavailable, match="busy.*TUNEHUB_INTAKE_CONCURRENCY"):
+            inspect_in_sandbox(mlp_bytes, None, settings)
+    finally:
+        slots.release()
+    assert inspect_in_sandbox(mlp_bytes, None, Settings(intake_concurrency=1)).shapes == {"x": [8, 64]}
