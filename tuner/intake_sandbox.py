@@ -117,8 +117,8 @@ def _run_child(
         cpu_s=settings.intake_cpu_s,
         parent_pid=os.getpid(),
     )
-    env = {
-        **os.environ,
+    env = {  # the service's own settings (database URL, tokens) stay out of the child
+        **{k: v for k, v in os.environ.items() if not k.startswith("TUNEHUB_")},
         "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])),
         "PYTHONDONTWRITEBYTECODE": "1",
         "MALLOC_ARENA_MAX": "2",  # each malloc arena reserves address space that RLIMIT_AS counts
