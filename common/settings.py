@@ -125,6 +125,27 @@ class Settings(BaseSettings):
     )
     worker_cuda_compiler: str = Field("auto", description="auto, nvcc or nvrtc: how CUDA source becomes a binary.")
 
+    # Model intake: untrusted ONNX is parsed, converted and folded in a child process under these limits.
+    intake_memory_mb: int = Field(
+        3072, ge=64, description="Memory (RLIMIT_AS) the intake process may add to what it starts with; more is a 413."
+    )
+    intake_cpu_s: int = Field(300, ge=1, description="CPU seconds (RLIMIT_CPU) one intake may use; more is a 413.")
+    intake_wall_s: float = Field(
+        900.0, gt=0, description="Wall-clock seconds one intake may take (a safety net on a busy machine); more is a 413."
+    )
+    intake_concurrency: int = Field(
+        2, ge=1, description="Intake processes one service process runs at once; further uploads and jobs wait their turn."
+    )
+    intake_max_dim: int = Field(2**31 - 1, ge=1, description="Largest dimension of any tensor of a model.")
+    intake_max_tensor_elements: int = Field(
+        2**28, ge=1, description="Most elements in any one tensor of a model (inputs, weights, intermediates)."
+    )
+    intake_max_nodes: int = Field(100_000, ge=1, description="Most nodes in a model's graph (subgraphs included).")
+    intake_max_tasks: int = Field(1000, ge=1, description="Most tuning tasks one model may split into.")
+    intake_max_task_flops: float = Field(
+        1e13, gt=0, description="Most floating-point operations one call of one task may take."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _blank_is_none(cls, v: str | None) -> str | None:

@@ -102,3 +102,23 @@ def _bounded(shapes: Shapes, what: str) -> Shapes:
     if len(shapes) > MAX_INPUTS:
         raise BadInput(f"{what} names {len(shapes)} inputs, over the limit of {MAX_INPUTS}")
     return shapes
+
+
+def check_bounds(shapes: Mapping[str, Sequence[int]], *, max_dim: int, max_elements: int, what: str = "input shapes") -> None:
+    """BadInput if a shape has a dimension over ``max_dim`` or more than ``max_elements`` elements.
+
+    Checked before any work (and before a model is stored), so a size no
+    machine could tune never reaches TVM and never blocks a corrected upload.
+    """
+    for name, dims in shapes.items():
+        for d in dims:
+            if d > max_dim:
+                raise BadInput(f"{what}[{name!r}] has a dimension of {d}, over the limit of {max_dim} (TUNEHUB_INTAKE_MAX_DIM)")
+        elements = 1
+        for d in dims:
+            elements *= int(d)
+        if elements > max_elements:
+            raise BadInput(
+                f"{what}[{name!r}] = {list(dims)} has {elements:.3g} elements, over the limit of "
+                f"{max_elements} per tensor (TUNEHUB_INTAKE_MAX_TENSOR_ELEMENTS)"
+            )

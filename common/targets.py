@@ -8,6 +8,7 @@ an unknown kind or option is rejected with TVM's reason.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,28 @@ from typing import Any
 from common.errors import BadInput
 
 TARGET_FORMS = 'a JSON object like {"kind": "llvm", "num-cores": 4}, a .json file holding one, a kind such as llvm'
+
+# Kinds a tunehub worker serves; a job for any other kind would wait forever.
+KINDS = ("llvm", "cuda")
+MAX_CORES = 1024
+# x86_64 and aarch64 Linux with glibc, in any vendor spelling (pc, unknown, none, conda).
+TRIPLE = re.compile(r"(x86_64|aarch64)-([a-z0-9_]+-)?linux-gnu")
+TRIPLES_ACCEPTED = "x86_64-linux-gnu, aarch64-linux-gnu (vendor spellings like x86_64-pc-linux-gnu too)"
+
+_CUDA_COMMON = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32}
+# Per-block limits by compute capability (CUDA C Programming Guide, "Compute Capabilities"):
+# static shared memory is 48 KiB on all of them; the Tegra parts sm_53 and sm_62 have 32 Ki registers per block.
+CUDA_ARCHS: dict[str, dict[str, int]] = {
+    f"sm_{cc}": {**_CUDA_COMMON, "registers_per_block": 32768 if cc in (53, 62) else 65536}
+    for cc in (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, 100, 101, 103, 110, 120, 121)
+}
+
+
+def cuda_limits(arch: str) -> dict[str, int]:
+    """The per-block limits TVM's CUDA schedules need for ``arch`` (e.g. ``sm_80``); BadInput if unknown."""
+    if arch not in CUDA_ARCHS:
+        raise BadInput(f"unknown CUDA arch {arch!r}; accepted: {', '.join(CUDA_ARCHS)}")
+    return dict(CUDA_ARCHS[arch])
 
 
 def parse_target(
@@ -82,16 +105,54 @@ def canonical_target(target: Mapping[str, Any] | str) -> tuple[dict[str, Any], s
         target = parse_target(target)
     if not isinstance(target, dict) or "kind" not in target:
         raise BadInput(f"target must be a JSON object with a 'kind' (it needs one), e.g. {{\"kind\": \"llvm\"}}; got {target!r}")
+    target = _completed(target)
     try:
         tvm_target = Target(target)
     except Exception as exc:  # TVM raises ValueError/TVMError with a useful message
-        raise BadInput(f"unknown or invalid target {json.dumps(target)}: {exc}") from None
+        raise BadInput(f"unknown or invalid target {json.dumps(target)[:500]}: {str(exc)[:1000]}") from None
     _check_mcpu(tvm_target, target)
+    if tvm_target.host is not None:
+        _check_mcpu(tvm_target.host, dict(target["host"]) if isinstance(target.get("host"), Mapping) else {})
     exported = _plain(tvm_target.export())
+    _check_complete(exported)
     if exported.get("tag") == "":
         del exported["tag"]  # TVM adds an empty tag; leave it out of the key
+    if isinstance(exported.get("host"), dict) and exported["host"].get("tag") == "":
+        del exported["host"]["tag"]
     key = json.dumps(exported, sort_keys=True, separators=(",", ":"))
     return exported, key
+
+
+def _completed(target: dict[str, Any]) -> dict[str, Any]:
+    """The target with what its kind needs filled in: a CUDA target gets its arch's per-block limits.
+
+    Values given explicitly are kept, so a worker reporting its device's own limits still can.
+    Raises BadInput for a kind no worker serves or a CUDA target without a known arch.
+    """
+    kind = target.get("kind")
+    if kind not in KINDS:
+        raise BadInput(f"unknown or unsupported target kind {str(kind)[:100]!r}; accepted kinds: {', '.join(KINDS)}")
+    if kind != "cuda":
+        return target
+    arch = target.get("arch")
+    if not isinstance(arch, str):
+        raise BadInput(f"a cuda target needs an 'arch', one of {', '.join(CUDA_ARCHS)}; e.g. {{\"kind\": \"cuda\", \"arch\": \"sm_80\"}}")
+    return {**cuda_limits(arch), **target}
+
+
+def _check_complete(exported: dict[str, Any]) -> None:
+    """Refuse what TVM accepts but no worker can build for: odd triples, core counts, a non-CPU host."""
+    cores = exported.get("num-cores")
+    if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= MAX_CORES):
+        raise BadInput(f"num-cores must be an integer in 1..{MAX_CORES}, got {cores!r}")
+    triple = exported.get("mtriple")
+    if exported.get("kind") == "llvm" and triple and not TRIPLE.fullmatch(str(triple)):
+        raise BadInput(f"unknown mtriple {str(triple)[:100]!r}; accepted: {TRIPLES_ACCEPTED}")
+    host = exported.get("host")
+    if isinstance(host, dict):
+        if host.get("kind") != "llvm":
+            raise BadInput(f"a target's host must be an llvm target, got kind {str(host.get('kind'))[:100]!r}")
+        _check_complete(host)
 
 
 def _check_mcpu(tvm_target: Any, raw: dict[str, Any]) -> None:

@@ -10,7 +10,10 @@ LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR, under
 the match against ``compile_relax`` itself.
 
 Every problem with the uploaded model is a :class:`common.errors.BadInput`
-whose message says what is wrong and, where it can, what to do.
+whose message says what is wrong and, where it can, what to do. The model is
+untrusted: :mod:`tuner.intake_checks` refuses external data and bounds sizes
+before the checker or TVM see it, and the service runs all of this in the
+limited child process of :mod:`tuner.intake_sandbox`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.errors import BadInput
+from tuner.intake_checks import IntakeLimits, check_inferred, check_model
 
 if TYPE_CHECKING:
     import onnx
@@ -61,7 +65,7 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= _MAX_REASON else text[:_MAX_REASON] + " ..."
 
 
-def _parse(content: bytes) -> onnx.ModelProto:
+def _parse(content: bytes, limits: IntakeLimits) -> onnx.ModelProto:
     """Parse and check ONNX bytes; any failure is BadInput with the parser's reason."""
     import onnx
 
@@ -73,16 +77,11 @@ def _parse(content: bytes) -> onnx.ModelProto:
         model = onnx.load_model_from_string(bytes(content))
     except Exception as exc:  # google.protobuf DecodeError and friends
         raise BadInput(f"not a valid ONNX model (truncated or not ONNX?): {_reason(exc)}") from None
+    check_model(model, limits)  # before the checker: it looks external data paths up
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx.checker.ValidationError
         raise BadInput(f"not a valid ONNX model: the ONNX checker says: {_reason(exc)}") from None
-    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        raise BadInput(
-            f"the ONNX model keeps {len(external)} weight(s) in external files (e.g. {external[0]!r}); "
-            "upload a self-contained file: onnx.save_model(model, path, save_as_external_data=False)"
-        )
     return model
 
 
@@ -110,7 +109,7 @@ def _check_user_shape(name: str, shape: Any) -> list[int]:
     return dims
 
 
-def _resolve_inputs(model: onnx.ModelProto, input_shapes: InputShapes | None) -> ModelInputs:
+def _resolve_inputs(model: onnx.ModelProto, input_shapes: InputShapes | None, limits: IntakeLimits) -> ModelInputs:
     graph = model.graph
     weights = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
     inputs = [vi for vi in graph.input if vi.name not in weights]
@@ -175,19 +174,23 @@ def _resolve_inputs(model: onnx.ModelProto, input_shapes: InputShapes | None) ->
                     + how % (name, example, name, example.strip("[]").replace(" ", ""))
                 )
         shapes[name] = list(declared)
+    check_inferred(model, shapes, limits)
     return ModelInputs(shapes=shapes, dtypes=dtypes)
 
 
-def inspect_onnx(content: bytes, input_shapes: InputShapes | None = None) -> ModelInputs:
+def inspect_onnx(
+    content: bytes, input_shapes: InputShapes | None = None, limits: IntakeLimits | None = None
+) -> ModelInputs:
     """Parse and check an ONNX model and resolve every graph input to a concrete shape.
 
     Inputs that are initializers (weights) are not inputs. ``input_shapes`` fills
     in symbolic or unknown dimensions; it may also restate fixed ones, which must
     agree with the model. Raises BadInput for malformed or truncated bytes, a
     model the ONNX checker rejects, a dimension left unresolved, or names in
-    ``input_shapes`` the model does not have.
+    ``input_shapes`` the model does not have, external data, or sizes over ``limits``.
     """
-    return _resolve_inputs(_parse(content), input_shapes)
+    limits = limits or IntakeLimits()
+    return _resolve_inputs(_parse(content, limits), input_shapes, limits)
 
 
 def _to_relax(model: onnx.ModelProto, inputs: ModelInputs) -> IRModule:
@@ -201,16 +204,21 @@ def _to_relax(model: onnx.ModelProto, inputs: ModelInputs) -> IRModule:
         raise BadInput(f"TVM cannot convert this ONNX model to Relax: {type(exc).__name__}: {_reason(exc)}") from None
 
 
-def convert_onnx(content: bytes, input_shapes: InputShapes | None = None) -> tuple[ModelInputs, IRModule]:
+def convert_onnx(
+    content: bytes, input_shapes: InputShapes | None = None, limits: IntakeLimits | None = None
+) -> tuple[ModelInputs, IRModule]:
     """:func:`inspect_onnx` and :func:`onnx_to_relax` in one parse."""
-    model = _parse(content)
-    inputs = _resolve_inputs(model, input_shapes)
+    limits = limits or IntakeLimits()
+    model = _parse(content, limits)
+    inputs = _resolve_inputs(model, input_shapes, limits)
     return inputs, _to_relax(model, inputs)
 
 
-def onnx_to_relax(content: bytes, input_shapes: InputShapes | None = None) -> IRModule:
+def onnx_to_relax(
+    content: bytes, input_shapes: InputShapes | None = None, limits: IntakeLimits | None = None
+) -> IRModule:
     """The model as a Relax IRModule with weights bound as constants; ``main`` takes the inputs in graph order."""
-    return convert_onnx(content, input_shapes)[1]
+    return convert_onnx(content, input_shapes, limits)[1]
 
 
 def as_target(target: Mapping[str, Any] | Any) -> Any:
@@ -221,8 +229,8 @@ def as_target(target: Mapping[str, Any] | Any) -> Any:
         return target
     from common.targets import canonical_target
 
-    canonical_target(dict(target))  # BadInput with TVM's reason for an unknown kind or option
-    return Target(dict(target))
+    # BadInput for an unknown kind or option; the canonical form has the kind's defaults filled in.
+    return Target(canonical_target(dict(target))[0])
 
 
 def fuse_for_tuning(mod: IRModule, target: Mapping[str, Any] | Any) -> IRModule:
@@ -259,13 +267,15 @@ def _flops(mod: IRModule) -> float | None:
 
 
 def extract_workloads(
-    content: bytes, input_shapes: InputShapes | None, target: Mapping[str, Any]
+    content: bytes, input_shapes: InputShapes | None, target: Mapping[str, Any], limits: IntakeLimits | None = None
 ) -> list[ExtractedWorkload]:
     """The model's tuning tasks for ``target``, identical workloads merged (weights added).
 
     In MetaSchedule's extraction order. Raises BadInput for any problem with the
-    model or the target, and for a model with no TIR functions at all.
+    model or the target, for a model with no TIR functions at all, and for more
+    tasks or a costlier task than ``limits`` allow.
     """
+    limits = limits or IntakeLimits()
     from common.tvm_env import prepare_tvm
     from common.tvm_json import args_info_json, workload_hash, workload_to_json
 
@@ -273,7 +283,7 @@ def extract_workloads(
     from tvm.s_tir import meta_schedule as ms
 
     tgt = as_target(target)
-    mod = onnx_to_relax(content, input_shapes)
+    mod = onnx_to_relax(content, input_shapes, limits)
     try:
         tasks = ms.relax_integration.extract_tasks(fuse_for_tuning(mod, tgt), tgt)
     except BadInput:
@@ -300,4 +310,16 @@ def extract_workloads(
             args_info_json=args_info_json(task.mod),
             flops=_flops(task.mod),
         )
+    _check_tasks(list(merged.values()), limits)
     return list(merged.values())
+
+
+def _check_tasks(workloads: list[ExtractedWorkload], limits: IntakeLimits) -> None:
+    if len(workloads) > limits.max_tasks:
+        raise BadInput(f"the model splits into {len(workloads)} tuning tasks, over the limit of {limits.max_tasks} (TUNEHUB_INTAKE_MAX_TASKS)")
+    for w in workloads:
+        if w.flops is not None and w.flops > limits.max_task_flops:
+            raise BadInput(
+                f"task {w.name} takes {w.flops:.3g} floating-point operations per call, over the limit of "
+                f"{limits.max_task_flops:.3g} (TUNEHUB_INTAKE_MAX_TASK_FLOPS)"
+            )

@@ -27,14 +27,14 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep, toke
     spent first ends the job. 422 for an unknown target or a model TVM cannot
     split, 404 for an unknown model.
     """
-    from tuner.intake import extract_workloads  # TVM: imported on first use
+    from tuner.intake_sandbox import extract_in_sandbox
 
     pause_transaction(session)  # the first canonical_target in a process imports TVM (seconds)
     target_json, target_key = canonical_target(body.target)
     model = uploads.model_file(session, model_id=body.model_id)
     content, shapes = model.content, model.input_shapes
-    pause_transaction(session)  # model intake below takes seconds of TVM work
-    extracted = extract_workloads(content, shapes, target_json)
+    pause_transaction(session)  # model intake below takes seconds of TVM work (in a limited child process)
+    extracted = extract_in_sandbox(content, shapes, target_json, settings)
     ids = workloads.upsert_workloads(session, extracted=extracted)
     job_id = jobs.create_job(
         session,

@@ -1,4 +1,9 @@
-"""Models: ONNX uploads, stored once by sha256."""
+"""Models: ONNX uploads, stored once by sha256.
+
+An upload is untrusted: it is checked in the limited intake process
+(``tuner.intake_sandbox``) and stored only when every check passes, so a
+refused upload leaves nothing behind to block a corrected one.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,18 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from db import uploads
 from service.deps import CurrentToken, PathId, SessionDep, SettingsDep, UserToken, pause_transaction
 from common.errors import BadInput, TooLarge
-from common.shapes import parse_shapes
+from common.shapes import check_bounds, parse_shapes
 from common.protocol import MAX_ID, ModelPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-def _parse_shapes(text: str | None) -> dict[str, list[int]] | None:
-    """The ``input_shapes`` form field (JSON, or ``x=1,3,32,32`` items); BadInput says what is wrong."""
-    return parse_shapes(text, what="input_shapes")
+def _parse_shapes(text: str | None, max_dim: int, max_elements: int) -> dict[str, list[int]] | None:
+    """The ``input_shapes`` form field (JSON, or ``x=1,3,32,32`` items), bounded; BadInput says what is wrong."""
+    shapes = parse_shapes(text, what="input_shapes")
+    if shapes:
+        check_bounds(shapes, max_dim=max_dim, max_elements=max_elements, what="input_shapes")
+    return shapes
 
 
 @router.post("", status_code=201, responses={200: {"model": ModelPublic, "description": "Same bytes already stored"}})
@@ -33,7 +41,7 @@ def upload_model(
     ] = None,
 ) -> ModelPublic:
     """201 with the new model, or 200 (``created: false``) when these bytes are stored already."""
-    from tuner.intake import inspect_onnx  # onnx is heavy; imported on first upload
+    from tuner.intake_sandbox import inspect_in_sandbox
 
     limit = int(settings.max_model_mb * 1024 * 1024)
     content = file.file.read(limit + 1)
@@ -41,9 +49,9 @@ def upload_model(
         raise TooLarge(f"the model is over the {settings.max_model_mb:g} MiB limit (TUNEHUB_MAX_MODEL_MB)")
     if not content:
         raise BadInput(f"the uploaded file {file.filename or ''!r} is empty")
-    shapes = _parse_shapes(input_shapes)
+    shapes = _parse_shapes(input_shapes, settings.intake_max_dim, settings.intake_max_tensor_elements)
     pause_transaction(session)
-    inputs = inspect_onnx(content, shapes)  # BadInput with the parser's reason
+    inputs = inspect_in_sandbox(content, shapes, settings)  # BadInput with the reason, TooLarge over a limit
     model, created = uploads.store_model(
         session, name=name or file.filename or "model.onnx", content=content, input_shapes=inputs.shapes,
         owner_token_id=token.id,

@@ -1,4 +1,4 @@
-"""tuner.intake on real ONNX models: inputs, Relax conversion, task extraction, bad input."""
+"""tuner.intake on real ONNX models: inputs, Relax conversion, task extraction, bad input, limits, the sandbox."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from common.errors import BadInput
+from common.errors import BadInput, TooLarge, Unavailable
+from common.settings import Settings
 from common.tvm_json import workload_from_json, workload_hash
 from tuner.intake import ExtractedWorkload, extract_workloads, inspect_onnx, onnx_to_relax
+from tuner.intake_checks import IntakeLimits
+from tuner.intake_sandbox import extract_in_sandbox, inspect_in_sandbox, intake_slots
 
 MLP_TASKS = {"fused_matmul_add_relu", "fused_matmul1_add_relu", "fused_matmul2_add1"}
 CONVNET_TASKS = {
@@ -205,3 +208,116 @@ def test_nothing_to_tune(cpu_target: dict[str, Any]) -> None:
     with pytest.raises(BadInput, match="must map input names"):
         inspect_onnx(content, [[2]])  # type: ignore[arg-type]
 
+
+
+def _external(name: str) -> onnx.TensorProto:
+    t = onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[2], data_location=TensorProto.EXTERNAL)
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "secret.bin"
+    return t
+
+
+def test_external_data_in_functions_and_lying_attributes_is_refused() -> None:
+    """Tensors hide in function bodies, training graphs and attributes whose type says they hold none."""
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "xy")
+    lying = helper.make_node("Relu", ["x"], ["y"])
+    attr = lying.attribute.add()
+    attr.name, attr.type = "note", onnx.AttributeProto.INT
+    attr.t.CopyFrom(_external("hidden"))
+    body = helper.make_node("Constant", [], ["w"], value=_external("w"))
+    function = helper.make_function("local", "F", ["x"], ["w"], [body], [helper.make_opsetid("", 17)])
+    with_function = helper.make_model(
+        helper.make_graph([helper.make_node("F", ["x"], ["y"], domain="local")], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=[function],
+    )
+    training = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    training.training_info.add().initialization.CopyFrom(
+        helper.make_graph([helper.make_node("Constant", [], ["t"], value=_external("t"))], "init", [], [])
+    )
+    plain = helper.make_model(helper.make_graph([lying], "g", [x], [y]))
+    for model in (with_function, training, plain):
+        with pytest.raises(BadInput, match="external file"):
+            inspect_onnx(model.SerializeToString())
+
+
+def test_declared_and_inferred_sizes_are_bounded() -> None:
+    limits = IntakeLimits(max_tensor_elements=1000, max_dim=500)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    huge = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2**20, 2**20])  # declared, no data
+    declared = _model([helper.make_node("Add", ["x", "w"], ["y"])], [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [huge])
+    with pytest.raises(BadInput, match=r"tensor\['w'\].*TUNEHUB_INTAKE_MAX_DIM"):
+        inspect_onnx(declared, None, limits)
+    shape = numpy_helper.from_array(np.array([40, 40], np.int64), "s")  # 1600 elements, only after inference
+    fill = helper.make_node("ConstantOfShape", ["s"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
+    inferred = _model(
+        [fill, helper.make_node("Add", ["x", "c"], ["y"])], [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [40, 40])], [shape]
+    )
+    with pytest.raises(BadInput, match=r"tensor\['c'\] = \[40, 40\] has 1.6e\+03 elements"):
+        inspect_onnx(inferred, None, limits)
+    inspect_onnx(inferred, None, IntakeLimits(max_tensor_elements=1600))
+    with pytest.raises(BadInput, match="input_shapes.*over the limit of 1000"):
+        inspect_onnx(_model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])]), {"x": [200, 8]}, limits)
+
+
+def test_node_task_and_flop_limits(mlp_bytes: bytes, cpu_target: dict[str, Any]) -> None:
+    with pytest.raises(BadInput, match="more than 2 nodes"):
+        inspect_onnx(mlp_bytes, None, IntakeLimits(max_nodes=2))
+    # at upload, from shapes alone: the largest node, fc2, is 2 x 8 x 128 x 128 = 262144 FLOPs
+    inspect_onnx(mlp_bytes, None, IntakeLimits(max_task_flops=262144))
+    with pytest.raises(BadInput, match="MatMul node 'fc2' takes 2.62e\\+05 floating-point operations.*TUNEHUB_INTAKE_MAX_TASK_FLOPS"):
+        inspect_onnx(mlp_bytes, None, IntakeLimits(max_task_flops=262143))
+    with pytest.raises(BadInput, match="3 tuning tasks, over the limit of 2"):
+        extract_workloads(mlp_bytes, None, cpu_target, IntakeLimits(max_tasks=2))
+    # ops the upload check does not estimate meet the limit on the extracted task's own FLOPs
+    square = helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])
+    elementwise = _model(
+        [helper.make_node("Add", ["x", "x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
+        [square], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
+    )
+    with pytest.raises(BadInput, match="task fused_add_relu takes .* floating-point operations per call, over the limit"):
+        extract_workloads(elementwise, None, cpu_target, IntakeLimits(max_task_flops=100))
+
+
+def test_the_sandbox_answers_like_intake(mlp_bytes: bytes, cpu_target: dict[str, Any]) -> None:
+    settings = Settings()
+    assert inspect_in_sandbox(mlp_bytes, None, settings) == inspect_onnx(mlp_bytes)
+    assert extract_in_sandbox(mlp_bytes, None, cpu_target, settings) == extract_workloads(mlp_bytes, None, cpu_target)
+    with pytest.raises(BadInput, match="dimension 0 of 'x' is fixed at 8"):
+        inspect_in_sandbox(mlp_bytes, {"x": [4, 64]}, settings)
+
+
+def _slow_to_fold() -> bytes:
+    """y = x + ConstantOfShape([1536, 1536]) @ ConstantOfShape([1536, 1536]): folding is 7 GFLOP of naive matmul."""
+    shape = numpy_helper.from_array(np.array([1536, 1536], np.int64), "s")
+    fill = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["s"], ["a"], value=fill),
+        helper.make_node("ConstantOfShape", ["s"], ["b"], value=fill),
+        helper.make_node("MatMul", ["a", "b"], ["m"]),
+        helper.make_node("Add", ["x", "m"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    return _model(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1536, 1536])], [shape])
+
+
+def test_the_sandbox_cpu_and_wall_limits_are_413(cpu_target: dict[str, Any]) -> None:
+    """CPU seconds count from after TVM's import, so only the model's own work meets the limit."""
+    with pytest.raises(TooLarge, match="more than 1 CPU seconds.*TUNEHUB_INTAKE_CPU_S"):
+        extract_in_sandbox(_slow_to_fold(), None, cpu_target, Settings(intake_cpu_s=1))
+    with pytest.raises(TooLarge, match="longer than 0.2 s.*TUNEHUB_INTAKE_WALL_S"):
+        extract_in_sandbox(_slow_to_fold(), None, cpu_target, Settings(intake_wall_s=0.2))  # TVM's import alone takes longer
+
+
+def test_the_sandbox_runs_a_bounded_number_at_once(mlp_bytes: bytes) -> None:
+    """With every slot taken, a request waits its turn, then says busy; a freed slot serves it."""
+    settings = Settings(intake_concurrency=1, intake_wall_s=0.3)
+    slots = intake_slots(1)
+    assert slots.acquire(timeout=60)
+    try:
+        with pytest.raises(Unavailable, match="busy.*TUNEHUB_INTAKE_CONCURRENCY"):
+            inspect_in_sandbox(mlp_bytes, None, settings)
+    finally:
+        slots.release()
+    assert inspect_in_sandbox(mlp_bytes, None, Settings(intake_concurrency=1)).shapes == {"x": [8, 64]}
