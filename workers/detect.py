@@ -64,12 +64,6 @@ ARM_TRIPLE = "aarch64-linux-gnu"
 
 # What every CUDA GPU since Kepler has per block (TVM's own nvidia/* tags use these);
 # MetaSchedule's CUDA rules refuse a target without them.
-_CUDA_LIMITS = {
-    "max_threads_per_block": 1024,
-    "max_shared_memory_per_block": 49152,
-    "registers_per_block": 65536,
-    "thread_warp_size": 32,
-}
 NVIDIA_SMI_QUERY = "index,uuid,name,compute_cap,memory.total"
 
 
@@ -303,9 +297,12 @@ def detect_gpus() -> list[GpuInfo]:
 
 
 def cuda_target(compute_cap: str) -> dict[str, Any]:
-    """The target for a GPU of compute capability ``"8.0"``: ``{"kind": "cuda", "arch": "sm_80", ...}``."""
+    """The target for a GPU of compute capability ``"8.0"``: ``{"kind": "cuda", "arch": "sm_80", ...}``,
+    with the per-block limits from the one table the service validates targets with."""
+    from common.targets import cuda_limits
+
     arch = GpuInfo(index=0, name="", compute_cap=compute_cap).arch
-    return {"kind": "cuda", "arch": arch, **_CUDA_LIMITS}
+    return {"kind": "cuda", "arch": arch, **cuda_limits(arch)}
 
 
 # --- the CUDA compiler ---------------------------------------------------------------
