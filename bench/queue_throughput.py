@@ -1,5 +1,7 @@
 """Queue throughput: lease + report round trips per second, and their latency.
 
+(Over 400 lines on purpose: one benchmark, its load generator and its report in one script.)
+
     python bench/queue_throughput.py [--workers 1,10,50,200] [--backends sqlite,postgresql]
                                      [--replicas 1,2] [--duration 4] [--batch 1] [--profile DIR]
 

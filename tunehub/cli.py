@@ -1,5 +1,7 @@
 """The ``tunehub`` command line: serve, tuner, worker, submit, status, configs, compile, demo.
 
+(Over 400 lines on purpose: one typer app, a short function per command; the work is in the rooms.)
+
 Every room is imported inside the command that needs it, so ``tunehub --help``
 and a worker's start stay fast (no TVM, FastAPI or SQLAlchemy at import).
 """

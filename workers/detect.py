@@ -1,5 +1,7 @@
 """What this machine is: the TVM targets it can serve and a hardware description.
 
+(Over 400 lines on purpose: x86, ARM and NVIDIA detection side by side, one concept: what this machine is.)
+
 The target is what measurements are keyed by, so it must name the real hardware:
 
 * x86: ``mcpu`` from LLVM (``"mcpu": "native"`` silently falls back to a generic
