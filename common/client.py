@@ -37,6 +37,9 @@ from common.protocol import (
     ReleaseRequest,
     ResultsAck,
     ResultsReport,
+    RunCreate,
+    RunCreated,
+    RunResults,
     TokenCreate,
     TokenCreated,
     WorkerPublic,
@@ -240,3 +243,15 @@ class TunehubClient:
         if target is not None:
             params["target"] = json.dumps(target)
         return self._call("GET", "/configs", params=params).content
+
+    # --- ad-hoc runs (tunehub.metaschedule.FleetRunner) ---------------------------------
+
+    def create_run(self, target: dict[str, Any] | str, modules: list[str]) -> RunCreated:
+        body = RunCreate(target=target, modules=modules).model_dump(mode="json")
+        return RunCreated.model_validate(self._call("POST", "/runs", json=body).json())
+
+    def run_results(self, run_id: int, candidate_ids: list[int]) -> RunResults:
+        return RunResults.model_validate(self._call("GET", f"/runs/{run_id}/results", params={"ids": candidate_ids}).json())
+
+    def close_run(self, run_id: int) -> int:
+        return int(self._call("POST", f"/runs/{run_id}/close").json()["withdrawn"])

@@ -233,3 +233,8 @@ def _open_store(url_or_server: str | sessionmaker[Session] | RecordStore, *, tok
     if isinstance(url_or_server, (str, sessionmaker)):
         return SqlRecordStore(url_or_server, owner=owner)
     return url_or_server
+
+
+from tunehub.fleet_runner import FleetBuilder, FleetRunner  # noqa: E402  (the public API in one place)
+
+__all__ = ["Database", "FleetBuilder", "FleetRunner"]
