@@ -42,6 +42,13 @@ from common.protocol import (
     RunResults,
     TokenCreate,
     TokenCreated,
+    UserRecordCount,
+    UserRecordCreate,
+    UserRecordCreated,
+    UserRecordWire,
+    UserWorkloadCreate,
+    UserWorkloadCreated,
+    UserWorkloadWire,
     WorkerPublic,
     WorkerRegister,
 )
@@ -255,3 +262,29 @@ class TunehubClient:
 
     def close_run(self, run_id: int) -> int:
         return int(self._call("POST", f"/runs/{run_id}/close").json()["withdrawn"])
+
+    # --- user records (tunehub.metaschedule.Database over HTTP) ---------------------------
+
+    def add_user_workload(self, mod_json: str) -> int:
+        body = UserWorkloadCreate(mod_json=mod_json).model_dump(mode="json")
+        return UserWorkloadCreated.model_validate(self._call("POST", "/records/workloads", json=body).json()).workload_id
+
+    def user_workloads(self, after_id: int) -> list[UserWorkloadWire]:
+        rows = self._call("GET", "/records/workloads", params={"after": after_id}).json()
+        return [UserWorkloadWire.model_validate(r) for r in rows]
+
+    def add_user_record(self, workload_id: int, target_key: str, record_json: str) -> int:
+        body = UserRecordCreate(workload_id=workload_id, target_key=target_key, record_json=record_json)
+        return UserRecordCreated.model_validate(self._call("POST", "/records", json=body.model_dump(mode="json")).json()).id
+
+    def top_user_records(self, target_key: str, workload_ids: list[int], k: int) -> list[UserRecordWire]:
+        params = {"target_key": target_key, "workload_ids": workload_ids, "k": k}
+        return [UserRecordWire.model_validate(r) for r in self._call("GET", "/records/top", params=params).json()]
+
+    def user_records(self, target_key: str | None = None) -> list[UserRecordWire]:
+        params = {} if target_key is None else {"target_key": target_key}
+        return [UserRecordWire.model_validate(r) for r in self._call("GET", "/records", params=params).json()]
+
+    def count_user_records(self, target_key: str) -> int:
+        reply = self._call("GET", "/records/count", params={"target_key": target_key}).json()
+        return UserRecordCount.model_validate(reply).count

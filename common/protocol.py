@@ -325,3 +325,40 @@ class RunResult(BaseModel):
 
 class RunResults(BaseModel):
     results: list[RunResult]
+
+
+# --- user records: tunehub.metaschedule.Database over HTTP ----------------------------
+
+
+class UserWorkloadCreate(BaseModel):
+    mod_json: str = Field(description="tvm.ir.save_json of the workload's IRModule.")
+
+
+class UserWorkloadCreated(BaseModel):
+    workload_id: int
+
+
+class UserWorkloadWire(BaseModel):
+    id: int = Field(description="The user-workload id (a reader's cursor).")
+    workload_id: int
+    mod_json: str
+
+
+class UserRecordCreate(BaseModel):
+    workload_id: int
+    target_key: str = Field(max_length=1000)
+    record_json: str = Field(description="TuningRecord.as_json() as JSON text.")
+
+
+class UserRecordCreated(BaseModel):
+    id: int
+
+
+class UserRecordWire(BaseModel):
+    id: int
+    workload_id: int
+    record_json: str
+
+
+class UserRecordCount(BaseModel):
+    count: int

@@ -10,6 +10,7 @@ the two facts MetaSchedule's ``get_top_k`` needs precomputed at commit:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,6 +20,47 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from db.engine import db_now
 from db.models import Base, BigId
 from db.workloads import upsert_workloads
+
+
+FAILED_RUN_SECS = 1e10
+"""MetaSchedule's ``kMaxMeanTime``: a failed run's stub time, and the mean of a record without run_secs."""
+
+
+def mean_run_secs(run_secs: list[float] | None) -> float:
+    """TVM's ``SortTuningRecordByMeanRunSecs::Mean``: the mean, or ``1e10`` when absent or empty."""
+    return sum(run_secs) / len(run_secs) if run_secs else FAILED_RUN_SECS
+
+
+def is_valid_record(run_secs: list[float] | None, instruction_kinds: list[str]) -> bool:
+    """TVM's ``TuningRecord::IsValid``: an instruction before postprocessing, and run_secs not all 1e10.
+
+    Differs from ``db.ranking.valid_measurement`` (the fleet's policy) in two
+    edge cases: an empty trace ``[[],[]]`` is invalid here, and a mean at or
+    above 1e10 is valid here unless every run is exactly 1e10.
+    """
+    n_insts = 0
+    for kind in instruction_kinds:
+        if kind == "EnterPostproc":
+            break
+        n_insts += 1
+    if n_insts == 0 or not run_secs:
+        return False
+    return any(s != FAILED_RUN_SECS for s in run_secs)
+
+
+def record_facts(record_json: str) -> tuple[float, bool]:
+    """(sort seconds, valid) of ``TuningRecord.as_json()`` text: ``[[insts, decisions], run_secs, target, args]``.
+
+    Read from the JSON alone (no TVM), so the service can check what a client sends.
+    Raises ValueError for text of another shape.
+    """
+    try:
+        trace, run_secs = json.loads(record_json)[:2]
+        kinds = [str(inst[0]) for inst in trace[0]]
+        secs = None if run_secs is None else [float(s) for s in run_secs]
+    except (TypeError, IndexError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a MetaSchedule TuningRecord JSON: {exc}") from None
+    return mean_run_secs(secs), is_valid_record(secs, kinds)
 
 
 class UserWorkload(Base):
@@ -94,9 +136,9 @@ def user_workloads_after(session: Session, *, after_id: int) -> list[StoredWorkl
     return [StoredWorkload(id=r.id, workload_id=r.workload_id, mod_json=r.mod_json) for r in rows]
 
 
-def add_user_record(
-    session: Session, *, workload_id: int, target_key: str, record_json: str, sort_secs: float, valid: bool, owner: str
-) -> int:
+def add_user_record(session: Session, *, workload_id: int, target_key: str, record_json: str, owner: str) -> int:
+    """Store one record; its sort seconds and validity are read from the record itself (``record_facts``)."""
+    sort_secs, valid = record_facts(record_json)
     row = UserRecord(
         workload_id=workload_id, target_key=target_key, record_json=record_json, sort_secs=sort_secs,
         valid=valid, owner=owner, created_at=db_now(session),

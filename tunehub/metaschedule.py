@@ -35,40 +35,15 @@ from tvm.target import Target
 
 from common.targets import canonical_target
 from common.tvm_json import args_info_json, workload_from_json, workload_hash, workload_to_json
-from db.user_records import StoredRecord
+from db.user_records import StoredRecord, record_facts
 from tunehub.record_store import RecordStore, SqlRecordStore
 
 log = logging.getLogger(__name__)
 
-FAILED_RUN_SECS = 1e10
-"""MetaSchedule's ``kMaxMeanTime``: a failed run's stub time, and the mean of a record without run_secs."""
-
-
 def _plain(obj: Any) -> Any:
+    """IntImm/FloatImm inside ``as_json()`` carry ``.value``; plain json cannot (TVM_NOTES §5)."""
     value = getattr(obj, "value", None)
     return value if value is not None else str(obj)
-
-
-def mean_run_secs(run_secs: list[float] | None) -> float:
-    """TVM's ``SortTuningRecordByMeanRunSecs::Mean``: the mean, or ``1e10`` when absent or empty."""
-    return sum(run_secs) / len(run_secs) if run_secs else FAILED_RUN_SECS
-
-
-def is_valid_record(run_secs: list[float] | None, instruction_kinds: list[str]) -> bool:
-    """TVM's ``TuningRecord::IsValid``: a trace with an instruction before postprocessing, and run_secs not all 1e10.
-
-    Differs from ``db.ranking.valid_measurement`` (the fleet's policy) in two
-    edge cases: an empty trace ``[[],[]]`` is invalid here, and a mean at or
-    above 1e10 is valid here unless every run is exactly 1e10.
-    """
-    n_insts = 0
-    for kind in instruction_kinds:
-        if kind == "EnterPostproc":
-            break
-        n_insts += 1
-    if n_insts == 0 or not run_secs:
-        return False
-    return any(s != FAILED_RUN_SECS for s in run_secs)
 
 
 def default_owner() -> str:
@@ -174,14 +149,10 @@ class Database(_PyDatabaseWithEquality):
             self.commit_workload(record.workload.mod)
             rows = self._rows_of(record.workload.mod)
         assert rows is not None
-        run_secs = None if record.run_secs is None else [float(s) for s in record.run_secs]
-        kinds = [str(inst.kind.name) for inst in record.trace.insts]
         self._store.add_record(
             workload_id=rows[0],
             target_key=self._key_of(record.target),
             record_json=json.dumps(record.as_json(), default=_plain, separators=(",", ":")),
-            sort_secs=mean_run_secs(run_secs),
-            valid=is_valid_record(run_secs, kinds),
         )
 
     def _record(self, stored: StoredRecord) -> Any | None:

@@ -33,7 +33,7 @@ class RecordStore(Protocol):
 
     def workloads_after(self, after_id: int) -> list[StoredWorkload]: ...
 
-    def add_record(self, *, workload_id: int, target_key: str, record_json: str, sort_secs: float, valid: bool) -> int: ...
+    def add_record(self, *, workload_id: int, target_key: str, record_json: str) -> int: ...
 
     def top(self, *, target_key: str, workload_ids: list[int], k: int) -> list[StoredRecord]: ...
 
@@ -66,12 +66,10 @@ class SqlRecordStore:
         with session_scope(self._factory) as s:
             return user_workloads_after(s, after_id=after_id)
 
-    def add_record(self, *, workload_id: int, target_key: str, record_json: str, sort_secs: float, valid: bool) -> int:
+    def add_record(self, *, workload_id: int, target_key: str, record_json: str) -> int:
         with session_scope(self._factory) as s:
-            return add_user_record(
-                s, workload_id=workload_id, target_key=target_key, record_json=record_json,
-                sort_secs=sort_secs, valid=valid, owner=self.owner,
-            )
+            return add_user_record(s, workload_id=workload_id, target_key=target_key, record_json=record_json,
+                                   owner=self.owner)
 
     def top(self, *, target_key: str, workload_ids: list[int], k: int) -> list[StoredRecord]:
         with session_scope(self._factory) as s:
