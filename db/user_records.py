@@ -21,7 +21,6 @@ from db.engine import db_now
 from db.models import Base, BigId
 from db.workloads import upsert_workloads
 
-
 FAILED_RUN_SECS = 1e10
 """MetaSchedule's ``kMaxMeanTime``: a failed run's stub time, and the mean of a record without run_secs."""
 

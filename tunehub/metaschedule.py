@@ -23,7 +23,7 @@ import json
 import logging
 import socket
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session, sessionmaker
 from tvm.ir import IRModule
@@ -34,8 +34,13 @@ from tvm.s_tir.meta_schedule.database.database import _PyDatabase
 from tvm.target import Target
 
 from common.targets import canonical_target
-from common.tvm_json import args_info_json, workload_from_json, workload_hash, workload_to_json
-from db.user_records import StoredRecord, record_facts
+from common.tvm_json import (
+    args_info_json,
+    workload_from_json,
+    workload_hash,
+    workload_to_json,
+)
+from db.user_records import StoredRecord
 from tunehub.record_store import RecordStore, SqlRecordStore
 
 log = logging.getLogger(__name__)
@@ -60,7 +65,7 @@ class _PyDatabaseOfEquality(_PyDatabase):
 class _PyDatabaseWithEquality(PyDatabase):
     """``PyDatabase`` whose C++ side learns the ``module_equality`` (TVM's own passes none: always "structural")."""
 
-    _tvm_metadata = {
+    _tvm_metadata: ClassVar[dict[str, Any]] = {
         "cls": _PyDatabaseOfEquality,
         "fields": ["module_equality"],
         "methods": PyDatabase._tvm_metadata["methods"],
@@ -206,6 +211,6 @@ def _open_store(url_or_server: str | sessionmaker[Session] | RecordStore, *, tok
     return url_or_server
 
 
-from tunehub.fleet_runner import FleetBuilder, FleetRunner  # noqa: E402  (the public API in one place)
+from tunehub.fleet_runner import FleetBuilder, FleetRunner
 
 __all__ = ["Database", "FleetBuilder", "FleetRunner"]

@@ -6,15 +6,15 @@ import json
 from typing import Any
 
 import pytest
+from tvm_helpers import matmul_workload
 
 from common.tvm_env import prepare_tvm
-from tvm_helpers import matmul_workload
 
 prepare_tvm(("llvm",))
 
-import tvm  # noqa: E402
-from tvm import s_tir, te  # noqa: E402
-from tvm.s_tir import meta_schedule as ms  # noqa: E402
+import tvm
+from tvm import s_tir, te
+from tvm.s_tir import meta_schedule as ms
 
 TARGET = {"kind": "llvm", "num-cores": 2}
 
@@ -69,3 +69,4 @@ def views(records: Any) -> list[tuple[str, list[float] | None, int]]:
 @pytest.fixture
 def matmul() -> Any:
     return matmul_workload(16)
+

@@ -11,19 +11,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tvm
+from conftest import (
+    TARGET,
+    empty_trace,
+    make_record,
+    matmul_relu,
+    split_trace,
+    view,
+    views,
+)
 from sqlalchemy.orm import Session, sessionmaker
-
-from conftest import TARGET, empty_trace, make_record, matmul_relu, split_trace, view, views
+from tvm.s_tir import meta_schedule as ms
 from tvm_helpers import matmul_workload
 
-import tvm  # noqa: E402
-from tvm.s_tir import meta_schedule as ms  # noqa: E402
-
-from db import ranking  # noqa: E402
-from db.engine import session_scope  # noqa: E402
-from db.ms_database import SqlDatabase  # noqa: E402
-from db.user_records import UserRecord  # noqa: E402
-from tunehub.metaschedule import Database  # noqa: E402
+from db import ranking
+from db.engine import session_scope
+from db.ms_database import SqlDatabase
+from db.user_records import UserRecord
+from tunehub.metaschedule import Database
 
 # run_secs of every record committed in ``_commit_mix`` (with trace factor), valid or not, ties included.
 MIX: list[tuple[int, list[float] | None]] = [
@@ -160,9 +166,9 @@ def test_composition(session_factory: sessionmaker[Session], tmp_path: Path, mat
 
     for secs in (1e-5, 1.0):  # the other database faster, then slower
         for compose in (
-            lambda d: ms.database.UnionDatabase(d, memory_with(secs)),
-            lambda d: ms.database.OrderedUnionDatabase(d, memory_with(secs)),
-            lambda d: ms.database.OrderedUnionDatabase(memory_with(secs), d),
+            lambda d, secs=secs: ms.database.UnionDatabase(d, memory_with(secs)),
+            lambda d, secs=secs: ms.database.OrderedUnionDatabase(d, memory_with(secs)),
+            lambda d, secs=secs: ms.database.OrderedUnionDatabase(memory_with(secs), d),
             lambda d: ms.database.OrderedUnionDatabase(ms.database.ScheduleFnDatabase(schedule_fn), d),
             lambda d: ms.database.OrderedUnionDatabase(d, ms.database.ScheduleFnDatabase(schedule_fn)),
         ):

@@ -13,18 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import TARGET, make_record, matmul_relu, split_trace
 from test_database_contract import _commit_mix, _same
+from tvm.s_tir import meta_schedule as ms
 from tvm_helpers import matmul_workload
 
-from tvm.s_tir import meta_schedule as ms  # noqa: E402
-
-from db.user_records import UserRecord  # noqa: E402
-from tunehub.metaschedule import Database  # noqa: E402
+from db.user_records import UserRecord
+from tunehub.metaschedule import Database
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
-from live_server import Live, running  # noqa: E402
+from live_server import Live, running
 
 
 @pytest.fixture

@@ -14,16 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
+import tvm
 from conftest import TARGET  # noqa: F401  (imports TVM with the test settings)
 from tests_support import wait_for
+from tvm.s_tir import meta_schedule as ms
 from tvm_helpers import matmul_workload
 
-import tvm  # noqa: E402
-from tvm.s_tir import meta_schedule as ms  # noqa: E402
-
-from tunehub.harness import running  # noqa: E402
-from tunehub.metaschedule import Database, FleetBuilder, FleetRunner  # noqa: E402
+from tunehub.harness import running
+from tunehub.metaschedule import Database, FleetBuilder, FleetRunner
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,8 @@ never take part in the fleet's ranking (``db.ranking``). ``user_workloads``
 lists the workloads a user committed (rows of the shared ``workloads`` table).
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0008'
 down_revision = '0006'
