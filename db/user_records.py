@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, Float, ForeignKey, Index, String, Text, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from common.errors import NotFound
 from db.engine import db_now
 from db.models import Base, BigId
 from db.workloads import upsert_workloads
@@ -136,8 +137,13 @@ def user_workloads_after(session: Session, *, after_id: int) -> list[StoredWorkl
 
 
 def add_user_record(session: Session, *, workload_id: int, target_key: str, record_json: str, owner: str) -> int:
-    """Store one record; its sort seconds and validity are read from the record itself (``record_facts``)."""
+    """Store one record; its sort seconds and validity are read from the record itself (``record_facts``).
+
+    Raises NotFound when the workload was not committed as a user workload first.
+    """
     sort_secs, valid = record_facts(record_json)
+    if session.scalar(select(UserWorkload.id).where(UserWorkload.workload_id == workload_id)) is None:
+        raise NotFound(f"workload {workload_id} is not a committed user workload; commit the workload first")
     row = UserRecord(
         workload_id=workload_id, target_key=target_key, record_json=record_json, sort_secs=sort_secs,
         valid=valid, owner=owner, created_at=db_now(session),
