@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
@@ -28,6 +29,7 @@ from common.client import TunehubClient
 from common.protocol import CandidateState, RunResult
 
 ARTIFACT_NAME = "scheduled_mod.json"
+_CALL_ERRORS = (errors.TunehubError, httpx.HTTPError)  # the client raises httpx's errors for GETs it cannot send
 
 
 @derived_object
@@ -72,7 +74,7 @@ class _Batch:
                 for r in self._client.run_results(self.run_id, waiting).results:
                     if self._finished(r):
                         self.results[r.candidate_id] = r
-            except errors.TunehubError:
+            except _CALL_ERRORS:
                 pass  # the service is away for now; the deadline still holds
             if len(self.results) == len(self.ids) or time.monotonic() >= self.deadline:
                 self._close()
@@ -81,7 +83,7 @@ class _Batch:
         self._closed = True
         try:
             self._client.close_run(self.run_id)
-        except errors.TunehubError:
+        except _CALL_ERRORS:
             pass  # best effort: an unreachable service cancels nothing, the deadline already freed the script
 
     def outcome(self, cid: int) -> RunnerResult | None:
@@ -142,7 +144,7 @@ class FleetRunner(PyRunner):
         try:
             modules = [Path(inp.artifact_path).read_text() for inp in runner_inputs]
             created = self._client.create_run(self._target, modules)
-        except (OSError, errors.TunehubError) as exc:
+        except (OSError, *_CALL_ERRORS) as exc:
             return [_FleetFuture(None, -1, f"FleetRunner: cannot submit the batch: {exc}") for _ in runner_inputs]
         self.run_ids.append(created.run_id)
         batch = _Batch(self._client, created.run_id, created.candidate_ids, time.monotonic() + self._timeout_s,
