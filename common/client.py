@@ -37,8 +37,18 @@ from common.protocol import (
     ReleaseRequest,
     ResultsAck,
     ResultsReport,
+    RunCreate,
+    RunCreated,
+    RunResults,
     TokenCreate,
     TokenCreated,
+    UserRecordCount,
+    UserRecordCreate,
+    UserRecordCreated,
+    UserRecordWire,
+    UserWorkloadCreate,
+    UserWorkloadCreated,
+    UserWorkloadWire,
     WorkerPublic,
     WorkerRegister,
 )
@@ -240,3 +250,41 @@ class TunehubClient:
         if target is not None:
             params["target"] = json.dumps(target)
         return self._call("GET", "/configs", params=params).content
+
+    # --- ad-hoc runs (tunehub.metaschedule.FleetRunner) ---------------------------------
+
+    def create_run(self, target: dict[str, Any] | str, modules: list[str]) -> RunCreated:
+        body = RunCreate(target=target, modules=modules).model_dump(mode="json")
+        return RunCreated.model_validate(self._call("POST", "/runs", json=body).json())
+
+    def run_results(self, run_id: int, candidate_ids: list[int]) -> RunResults:
+        return RunResults.model_validate(self._call("GET", f"/runs/{run_id}/results", params={"ids": candidate_ids}).json())
+
+    def close_run(self, run_id: int) -> int:
+        return int(self._call("POST", f"/runs/{run_id}/close").json()["withdrawn"])
+
+    # --- user records (tunehub.metaschedule.Database over HTTP) ---------------------------
+
+    def add_user_workload(self, mod_json: str) -> int:
+        body = UserWorkloadCreate(mod_json=mod_json).model_dump(mode="json")
+        return UserWorkloadCreated.model_validate(self._call("POST", "/records/workloads", json=body).json()).workload_id
+
+    def user_workloads(self, after_id: int) -> list[UserWorkloadWire]:
+        rows = self._call("GET", "/records/workloads", params={"after": after_id}).json()
+        return [UserWorkloadWire.model_validate(r) for r in rows]
+
+    def add_user_record(self, workload_id: int, target_key: str, record_json: str) -> int:
+        body = UserRecordCreate(workload_id=workload_id, target_key=target_key, record_json=record_json)
+        return UserRecordCreated.model_validate(self._call("POST", "/records", json=body.model_dump(mode="json")).json()).id
+
+    def top_user_records(self, target_key: str, workload_ids: list[int], k: int) -> list[UserRecordWire]:
+        params = {"target_key": target_key, "workload_ids": workload_ids, "k": k}
+        return [UserRecordWire.model_validate(r) for r in self._call("GET", "/records/top", params=params).json()]
+
+    def user_records(self, target_key: str | None = None) -> list[UserRecordWire]:
+        params = {} if target_key is None else {"target_key": target_key}
+        return [UserRecordWire.model_validate(r) for r in self._call("GET", "/records", params=params).json()]
+
+    def count_user_records(self, target_key: str) -> int:
+        reply = self._call("GET", "/records/count", params={"target_key": target_key}).json()
+        return UserRecordCount.model_validate(reply).count

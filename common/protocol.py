@@ -314,3 +314,66 @@ class ReleaseRequest(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     detail: str
+
+
+# --- ad-hoc runs: a user's own MetaSchedule script measuring on the fleet -------------
+
+
+class RunCreate(BaseModel):
+    """Scheduled modules to measure on the fleet's workers for one target (``tunehub.metaschedule.FleetRunner``)."""
+
+    target: TargetJSON | str
+    modules: list[str] = Field(min_length=1, max_length=1024, description="tvm.ir.save_json of each scheduled IRModule.")
+
+
+class RunCreated(BaseModel):
+    run_id: int = Field(description="The ad-hoc job holding the candidates.")
+    candidate_ids: list[int] = Field(description="One per module, in order.")
+
+
+class RunResult(BaseModel):
+    candidate_id: int
+    state: CandidateState
+    run_secs: list[float] | None = None
+    error: str | None = None
+
+
+class RunResults(BaseModel):
+    results: list[RunResult]
+
+
+# --- user records: tunehub.metaschedule.Database over HTTP ----------------------------
+
+
+class UserWorkloadCreate(BaseModel):
+    mod_json: str = Field(description="tvm.ir.save_json of the workload's IRModule.")
+
+
+class UserWorkloadCreated(BaseModel):
+    workload_id: int
+
+
+class UserWorkloadWire(BaseModel):
+    id: int = Field(description="The user-workload id (a reader's cursor).")
+    workload_id: int
+    mod_json: str
+
+
+class UserRecordCreate(BaseModel):
+    workload_id: int
+    target_key: str = Field(max_length=1000)
+    record_json: str = Field(description="TuningRecord.as_json() as JSON text.")
+
+
+class UserRecordCreated(BaseModel):
+    id: int
+
+
+class UserRecordWire(BaseModel):
+    id: int
+    workload_id: int
+    record_json: str
+
+
+class UserRecordCount(BaseModel):
+    count: int

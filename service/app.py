@@ -33,7 +33,7 @@ from service.audit import AuditLog
 from service.body_limits import JsonBodyLimit
 from service.errors import install_error_handlers
 from service.limits import ConcurrencyLimit
-from service.routes import configs, health, jobs, leases, models, tokens, workers
+from service.routes import configs, health, jobs, leases, models, records, runs, tokens, workers
 from common.protocol import ErrorBody, Role
 from common.settings import Settings, get_settings
 
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ConcurrencyLimit, limit=settings.api_max_concurrency)
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (health, tokens, models, jobs, workers, leases, configs):
+    for module in (health, tokens, models, jobs, workers, leases, configs, runs, records):
         api.include_router(module.router)
     app.include_router(api)
     dashboard.install(app)

@@ -400,6 +400,65 @@ def cost_model_eval(
         typer.echo(f"target key {scores.target_key}\n\n{markdown(scores)}")
 
 
+records_app = typer.Typer(help="Your own MetaSchedule records in tunehub (tunehub.metaschedule.Database).",
+                           no_args_is_help=True)
+app.add_typer(records_app, name="records")
+DatabaseOpt = Annotated[Optional[str], typer.Option(
+    "--database", help="A tunehub database URL to use directly (default: the service at --server, with --token).")]
+
+
+def _user_database(target: str, database: str | None, server: str | None, token: str | None) -> Any:
+    """A ``tunehub.metaschedule.Database`` on a database URL, or on the service with a token."""
+    from tunehub.metaschedule import Database
+
+    settings = get_settings()
+    if database:
+        return Database(database, target=_target(target))
+    return Database(server or settings.server, target=_target(target), token=token or settings.token)
+
+
+@records_app.command("import")
+def records_import(
+    work_dir: Annotated[Path, typer.Argument(help="A MetaSchedule work dir (database_workload.json, ...).")],
+    target: Annotated[str, typer.Option(help="The target the records were measured on. " + TARGET_HELP)],
+    database: DatabaseOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Load a MetaSchedule JSON database into tunehub as your records for TARGET."""
+    from tvm.target import Target
+
+    from common.errors import TunehubError
+    from tunehub.records_io import import_workdir
+
+    try:
+        db = _user_database(target, database, server, token)
+        moved = import_workdir(work_dir, db, target=Target(_target(target)))
+    except (TunehubError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    console.print(f"imported {moved.records} records of {moved.workloads} workloads")
+
+
+@records_app.command("export")
+def records_export(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the MetaSchedule JSON database.")],
+    target: Annotated[str, typer.Option(help="Records of this target. " + TARGET_HELP)],
+    top: Annotated[Optional[int], typer.Option(help="Only the best N valid records per workload.")] = None,
+    database: DatabaseOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Write your records for TARGET (all, or the best --top per workload) as a MetaSchedule JSON database."""
+    from common.errors import TunehubError
+    from tunehub.records_io import export_workdir
+
+    try:
+        moved = export_workdir(_user_database(target, database, server, token), out, top_k=top)
+    except (TunehubError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    console.print(f"exported {moved.records} records of {moved.workloads} workloads to {out}")
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     app()
 
