@@ -257,12 +257,13 @@ class Measurer:
             self.timeline.append((kind, start, end))
 
     def _result(self, item: Item, reply: sp.Reply) -> CandidateResult:
-        """The candidate's outcome; flagged when the calibration is degraded or its timing disturbed."""
+        """The candidate's outcome; flagged when the calibration is degraded or its timing disturbed, and
+        marked unchecked when this worker runs without output checks (the service does not count such times)."""
         outcome = outcome_from_reply(reply)
         if isinstance(reply, sp.Timed):
             self.others_busy[item.candidate_id] = reply.others_busy
             flagged = self.calibrator.degraded or self.interference.disturbed_reply(reply)
-            outcome = outcome.model_copy(update={"flagged": flagged})
+            outcome = outcome.model_copy(update={"flagged": flagged, "output_checked": self.options.check})
         return CandidateResult(candidate_id=item.candidate_id, **outcome.model_dump())
 
     @staticmethod

@@ -57,6 +57,17 @@ def test_builds_run_in_parallel_and_runs_alone(workload: dict[str, Any]) -> None
     _assert_flags_consistent(m, got)
 
 
+def test_a_worker_without_output_checks_marks_its_times_unchecked(workload: dict[str, Any]) -> None:
+    """The service never counts an unchecked time (db.plausibility): the worker must say when it skipped the check."""
+    m = Measurer(workload["target"], WorkerOptions(build_workers=1, timing=FAST, calibrate_every_s=3600, check=False))
+    try:
+        m.start()
+        got = _collect(m, _items(workload, list(workload["traces"])[:1]))
+    finally:
+        m.close()
+    assert len(got) == 1 and got[0].run_secs and got[0].output_checked is False
+
+
 def _assert_flags_consistent(m: Measurer, results: list[CandidateResult]) -> None:
     """What holds however busy the machine is: the start calibration counted (ok: one sample is
     its own baseline) or was too disturbed to count (unknown), and each result is flagged exactly
