@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -47,37 +46,11 @@ TRIALS_PER_MIN = 400  # more than a 2-core worker measures: the wall clock, not 
 
 @contextmanager
 def local_service(workdir: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """The service (SQLite) and one local worker, started as ``tunehub demo`` does; yields (client, target).
+    """The service (SQLite) and one local worker from :mod:`tunehub.harness`; yields (client, worker's target)."""
+    from tunehub.harness import running
 
-    A small stand-in for the shared harness (tunehub/harness.py) until it lands.
-    """
-    from common.client import TunehubClient
-    from common.processes import free_port, spawn, stop, wait_healthy
-
-    logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    server, admin = f"http://127.0.0.1:{port}", secrets.token_urlsafe(32)
-    env = {"TUNEHUB_DATA_DIR": str(workdir / "data"), "TUNEHUB_ADMIN_TOKEN": admin, "TUNEHUB_PORT": str(port),
-           "TUNEHUB_DATABASE_URL": "", "TUNEHUB_LOG_LEVEL": "INFO"}
-    service = spawn(["serve"], env=env, log=logs / "service.log")
-    worker = None
-    try:
-        wait_healthy(server, timeout_s=120, proc=service)
-        client = TunehubClient(server, admin)
-        token = client.create_token("bench-worker", "worker").token
-        worker = spawn(["worker", "--server", server, "--token", token, "--name", "bench-worker"],
-                       env=env, log=logs / "worker.log")
-        deadline = time.monotonic() + 180
-        while not (workers := client.workers()):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no worker registered in 180 s (see {logs / 'worker.log'})")
-            time.sleep(0.5)
-        yield client, workers[0].target
-    finally:
-        if worker is not None:
-            stop(worker)
-        stop(service)
+    with running(workdir, timeout_s=180, name="bench-worker") as harness, harness.client() as client:
+        yield client, client.workers()[0].target
 
 
 def tune_with_checkpoints(client: Any, model: Path, target: dict[str, Any], checkpoints: list[float],
