@@ -16,7 +16,7 @@ demo: $(STAMP)  ## start a service + worker here, tune the example models, print
 	$(BIN)/tunehub demo
 
 test: $(STAMP)  ## the whole suite (SQLite and PostgreSQL, real TVM, real processes)
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 test-fast: $(STAMP)  ## skip the slow end-to-end tests
 	$(BIN)/python -m pytest -ra -m "not slow"
