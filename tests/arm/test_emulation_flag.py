@@ -60,3 +60,56 @@ def test_emulated_measurements_are_stored_but_never_best(session_factory: sessio
         assert only_id not in ranked, "a workload measured only under emulation has no best"
         assert [r.workload_id for r in ranking.best_records(s, target_key=key, workload_ids=[wl_id, only_id])] == [wl_id]
         assert s.get(type(real), fast_id) is not None, "stored all the same"
+
+
+def test_emulated_workers_neither_trigger_nor_take_confirmations(session_factory: sessionmaker[Session]) -> None:
+    """An emulated peer is no second opinion: with only it beside the winner's worker nothing is
+    asked, and when a real peer exists the emulated worker is never leased the re-measurement."""
+    from common.protocol import CandidateResult
+    from db import jobs, leases, queue, uploads
+    from db.confirmation import ConfirmPolicy
+    from db.models import Candidate
+    from db.workloads import upsert_workloads
+    from sqlalchemy import select
+
+    from types import SimpleNamespace
+
+    key = '{"keys":["cpu"],"kind":"llvm","num-cores":2}'
+    wl = SimpleNamespace(shash="6161", mod_json="{}", args_info_json="[]", flops=None)
+    policy = ConfirmPolicy(enabled=True, tolerance=1.5, peer_seen_s=600.0)
+    with session_scope(session_factory) as s:
+        model, _ = uploads.store_model(s, name="m", content=b"onnx-emulated", input_shapes={})
+        wid = upsert_workloads(s, extracted=[wl])["6161"]
+        job = jobs.create_job(s, model_id=model.id, target_json={"kind": "llvm"}, target_key=key, trials=8,
+                              trials_per_round=8, tasks=[("t", 1, wid)])
+        task = jobs.job_public(s, job_id=job).tasks[0].id
+        board, qemu = (workers.register_worker(s, name=n, token_id=None, hardware={}, target_json={"kind": "llvm"},
+                                               target_key=key, emulated=n == "qemu").id for n in ("board", "qemu"))
+        queue.enqueue_candidates(s, task_id=task, workload_id=wid, target_key=key, traces=["[[],[0]]"], round=0)
+
+    def measure(worker: int, secs: float = 1e-3) -> None:
+        with session_scope(session_factory) as s:
+            lease, cands = queue.lease_candidates(s, worker_id=worker, target_key=key, max_count=8, ttl_s=60)
+            assert lease is not None
+            queue.complete(s, lease_id=lease.id, worker_id=worker, confirm=policy,
+                           results=[CandidateResult(candidate_id=c.id, run_secs=[secs]) for c in cands])
+
+    def confirmations() -> list[int]:
+        with session_scope(session_factory) as s:
+            return list(s.scalars(select(Candidate.id).where(Candidate.confirms_measurement_id.is_not(None))))
+
+    measure(board)
+    assert confirmations() == [], "the only peer is emulated: no confirmation is asked"
+
+    with session_scope(session_factory) as s:
+        peer = workers.register_worker(s, name="board-2", token_id=None, hardware={}, target_json={"kind": "llvm"},
+                                       target_key=key).id
+        queue.enqueue_candidates(s, task_id=task, workload_id=wid, target_key=key, traces=["[[],[1]]"], round=0)
+    measure(board, 1e-4)  # a new winner, with a real peer to re-measure it
+    queued = confirmations()
+    assert queued, "a real peer exists: the winner is re-measured"
+    with session_scope(session_factory) as s:
+        offered = leases.lease_batch(s, worker=workers.get_worker(s, worker_id=qemu), max_count=8, ttl_s=60)
+        assert not offered.candidates, "the emulated worker is not leased the re-measurement"
+        offered = leases.lease_batch(s, worker=workers.get_worker(s, worker_id=peer), max_count=8, ttl_s=60)
+        assert [c.id for c in offered.candidates] == queued
