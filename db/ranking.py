@@ -38,8 +38,9 @@ from sqlalchemy.orm import Session
 
 from common.protocol import JobStatus
 from db.confirmation import Confirmation, not_rejected
-from db.models import Candidate, Job, Measurement, Task, Worker, Workload
+from db.models import Candidate, Job, Measurement, Task, Workload
 from db.records import BestRecord
+from db.workers import emulated_worker_ids
 
 FAILED_STUB_SECS = 1e10
 EMPTY_TRACES = ("", "[]", "null")
@@ -55,7 +56,7 @@ def valid_measurement() -> ColumnElement[bool]:
         Candidate.trace_json.not_in(EMPTY_TRACES),
         Candidate.confirms_measurement_id.is_(None),
         not_rejected(),
-        Measurement.worker_id.not_in(select(Worker.id).where(Worker.emulated.is_(True))),
+        Measurement.worker_id.not_in(emulated_worker_ids()),
     )
 
 

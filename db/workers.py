@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from common.errors import NotFound
@@ -54,6 +54,12 @@ def register_worker(
     row.last_seen_at = now
     session.flush()
     return _record(row)
+
+
+def emulated_worker_ids() -> Select[tuple[int]]:
+    """SQL: the ids of workers under emulation, whose timings are stored but never used as times
+    (not ranked, not cost-model labels)."""
+    return select(Worker.id).where(Worker.emulated.is_(True))
 
 
 def get_worker(session: Session, *, worker_id: int) -> WorkerRecord:

@@ -60,6 +60,9 @@ def test_emulated_measurements_are_stored_but_never_best(session_factory: sessio
         assert only_id not in ranked, "a workload measured only under emulation has no best"
         assert [r.workload_id for r in ranking.best_records(s, target_key=key, workload_ids=[wl_id, only_id])] == [wl_id]
         assert s.get(type(real), fast_id) is not None, "stored all the same"
+        from db.training_data import training_rows
+
+        assert [r.measurement_id for r in training_rows(s, target_key=key)] == [real.id], "no cost-model label from emulation"
 
 
 def test_emulated_workers_neither_trigger_nor_take_confirmations(session_factory: sessionmaker[Session]) -> None:
