@@ -1,6 +1,6 @@
 """GPU kernels tuned by the fleet, measured beside cuBLAS/cuDNN in one run, plus a held end-to-end check.
 
-    python bench/gpu_check.py [--out DIR] [--budget-s 420] [--trials 64] [--sizes 4096,8192]
+    python bench/gpu_check.py [--out DIR] [--budget-s 300] [--trials 64] [--sizes 4096,8192]
                               [--dtypes float16,bfloat16] [--no-conv] [--e2e matmul_float16_4096]
                               [--arch sm_90]   # serve this arch without a GPU (a rehearsal)
                               [--dry-run]      # everything that runs without a GPU; no worker, no timing
@@ -363,7 +363,8 @@ def direct_check(target: dict[str, Any], compiler: str | None, workdir: Path) ->
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "bench" / "results"))
-    parser.add_argument("--budget-s", type=float, default=420.0, help="tuning time for all jobs together")
+    parser.add_argument("--budget-s", type=float, default=300.0,
+                        help="tuning time, all jobs side by side (the defaults fit a 10-minute call)")
     parser.add_argument("--trials", type=int, default=64, help="trials per job (the budget may end it first)")
     parser.add_argument("--sizes", default="4096,8192", help="matmul sizes N (N³), comma-separated")
     parser.add_argument("--dtypes", default="float16,bfloat16", help="matmul dtypes, comma-separated")
@@ -372,7 +373,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--arch", default=None, help="serve this arch (e.g. sm_90) instead of the detected GPU's")
     parser.add_argument("--dry-run", action="store_true", help="no worker, no GPU: plan, service, intake, report")
     parser.add_argument("--direct", action="store_true", help="also one candidate through builder+runner sandboxes")
-    parser.add_argument("--grace-s", type=float, default=120.0, help="wait past the budget for jobs to end")
+    parser.add_argument("--grace-s", type=float, default=60.0, help="wait past the budget for jobs to end")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s]
     args.dtypes = [d for d in str(args.dtypes).split(",") if d]
@@ -408,14 +409,17 @@ def run(args: argparse.Namespace) -> Result:
 
     tmp = Path(tempfile.mkdtemp(prefix="tunehub-gpu-check-"))
     try:
-        with Harness(tmp, overrides={"TUNEHUB_LEASE_TTL_S": "120"}, log_dir=args.out / "gpu_check_logs") as stack:
+        # Every job at once (the tuner runs 2 by default): each job's time budget is the whole budget.
+        overrides = {"TUNEHUB_LEASE_TTL_S": "120", "TUNEHUB_TUNER_MAX_JOBS": str(len(workloads))}
+        with Harness(tmp, overrides=overrides, log_dir=args.out / "gpu_check_logs") as stack:
             stack.start_service(tuner=not args.dry_run)
             with stack.client() as client:
                 result.jobs = submit_jobs(client, workloads, target, tmp, trials=args.trials, budget_s=args.budget_s)
                 if args.dry_run:
                     result.worker = skipped("dry run: no worker is started (it needs a GPU and a CUDA compiler)")
                 else:
-                    wargs = ["--all-gpus"] + (["--target", json.dumps(target)] if args.arch else [])
+                    # A rehearsal (--arch) names its device and target: detection would find no GPU.
+                    wargs = ["--device", "cuda:0", "--target", json.dumps(target)] if args.arch else ["--all-gpus"]
                     stack.start_worker("gpu-check", args=wargs)
                     proc = stack.procs["gpu-check"]
                     wait_jobs(client, result.jobs, time.monotonic() + args.budget_s + args.grace_s, proc)
