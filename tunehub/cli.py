@@ -164,7 +164,8 @@ def serve(
     if tuner:
         child = spawn(["tuner"], die_with_parent=True)
     try:
-        uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
+        # log_config=None: uvicorn's lines go through setup_logging's handler (text or JSON) like ours.
+        uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info", log_config=None)
     finally:
         if child is not None:
             stop(child)

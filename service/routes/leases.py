@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from db import leases, queue, workers
+from db import leases, metrics_queries, queue, workers
 from db.confirmation import ConfirmPolicy
 from db.plausibility import PeakPolicy, peak_flops
+from service.metrics import MetricsDep
 from service.deps import PathId, SessionDep, SettingsDep, WorkerToken, owned_worker
 from common.protocol import (
     HeartbeatRequest,
@@ -27,15 +28,22 @@ router = APIRouter(prefix="/leases", tags=["leases"])
 
 
 @router.post("")
-def lease(body: LeaseRequest, session: SessionDep, settings: SettingsDep, token: WorkerToken) -> LeaseResponse:
+def lease(
+    body: LeaseRequest, session: SessionDep, settings: SettingsDep, token: WorkerToken, metrics: MetricsDep
+) -> LeaseResponse:
     """Up to ``max_candidates`` (capped by the service) for the worker's target; ``lease_id`` null when none wait."""
-    worker = owned_worker(session, token, body.worker_id)
-    return leases.lease_batch(
-        session,
-        worker=worker,
-        max_count=min(body.max_candidates, settings.max_lease_candidates),
-        ttl_s=settings.lease_ttl_s,
-    )
+    with metrics.lease_seconds.time():
+        worker = owned_worker(session, token, body.worker_id)
+        # Leasing sweeps expired leases back into the queue first: count those that still held work.
+        expired = metrics_queries.expired_leases_holding_work(session)
+        answer = leases.lease_batch(
+            session,
+            worker=worker,
+            max_count=min(body.max_candidates, settings.max_lease_candidates),
+            ttl_s=settings.lease_ttl_s,
+        )
+    metrics.leases_expired.inc(expired)
+    return answer
 
 
 @router.post("/{lease_id}/heartbeat")
@@ -50,7 +58,8 @@ def heartbeat(
 
 @router.post("/{lease_id}/results")
 def report_results(
-    lease_id: PathId, body: ResultsReport, session: SessionDep, settings: SettingsDep, token: WorkerToken
+    lease_id: PathId, body: ResultsReport, session: SessionDep, settings: SettingsDep, token: WorkerToken,
+    metrics: MetricsDep,
 ) -> ResultsAck:
     """Store results, each candidate once; duplicates and late reports come back in ``ignored``.
 
@@ -63,6 +72,13 @@ def report_results(
     errors; a suspect worker's results are all flagged; a would-be best is
     re-measured on another worker before it is served as confirmed.
     """
+    with metrics.report_seconds.time():
+        return _store_results(lease_id, body, session, settings, token)
+
+
+def _store_results(
+    lease_id: int, body: ResultsReport, session: SessionDep, settings: SettingsDep, token: WorkerToken
+) -> ResultsAck:
     worker = owned_worker(session, token, body.worker_id)
     degraded = body.calibration is not None and body.calibration.status == "degraded"
     peak = peak_flops(worker.target, worker.target_key, PeakPolicy(settings.peak_gflops_per_core, settings.peak_gflops))
