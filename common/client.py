@@ -245,8 +245,15 @@ class TunehubClient:
         return [WorkerPublic.model_validate(w) for w in self._call("GET", "/workers").json()]
 
     def download_configs(
-        self, *, job: int | None = None, model: int | None = None, target: dict[str, Any] | None = None
+        self,
+        *,
+        job: int | None = None,
+        model: int | None = None,
+        target: dict[str, Any] | None = None,
+        best_known: bool = False,
+        include_other_tvm: bool = False,
     ) -> bytes:
+        """A config bundle (zip): of a job, of a model on a target, or the best known for a target."""
         params: dict[str, Any] = {}
         if job is not None:
             params["job"] = job
@@ -254,7 +261,9 @@ class TunehubClient:
             params["model"] = model
         if target is not None:
             params["target"] = json.dumps(target)
-        return self._call("GET", "/configs", params=params).content
+        if include_other_tvm:
+            params["include_other_tvm"] = "true"
+        return self._call("GET", "/configs/best-known" if best_known else "/configs", params=params).content
 
     # --- ad-hoc runs (tunehub.metaschedule.FleetRunner) ---------------------------------
 

@@ -157,6 +157,8 @@ class Candidate(Base):
     # A re-measurement of that measurement's trace (db.confirmation), leasable by any worker but this one.
     confirms_measurement_id: Mapped[int | None] = mapped_column(BigId)  # no FK: measurements refer here
     exclude_worker_id: Mapped[int | None] = mapped_column(BigId)
+    # Adapted from another workload of the family (tuner.transfer), not found by this workload's search.
+    transferred: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]
 
 
@@ -177,6 +179,8 @@ class Measurement(Base):
     # Measured while the worker was degraded (calibration) or disturbed (CPU interference).
     flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     confirmation: Mapped[str | None] = mapped_column(String(16))  # db.confirmation.Confirmation; None: not asked
+    # The measuring worker's TVM version (its hardware["tvm"]); None: stored before versions were kept.
+    tvm_version: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
 
     candidate: Mapped[Candidate] = relationship()

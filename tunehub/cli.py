@@ -355,20 +355,31 @@ def configs(
     job: Annotated[Optional[int], typer.Option(help="Best configs for this job's tasks.")] = None,
     model: Annotated[Optional[int], typer.Option(help="Best configs for this model ...")] = None,
     target: Annotated[Optional[str], typer.Option(help="... on this target (JSON, a .json file, or 'local').")] = None,
+    best_known: Annotated[bool, typer.Option(
+        "--best-known", help="The best config of every workload measured on --target, whatever the model.")] = False,
+    include_other_tvm: Annotated[bool, typer.Option(
+        "--include-other-tvm", help="Also take records measured under another TVM version.")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Download the best configs as a MetaSchedule JSON database (loadable by ms.database.JSONDatabase)."""
+    """Download the best configs as a MetaSchedule JSON database (loadable by ms.database.JSONDatabase).
+
+    manifest.json beside it says, per record, which workers measured it, their
+    calibration and TVM version, the trial counts and dates.
+    """
     from common.client import ApiError
     from common.errors import TunehubError
     from tuner.configs import extract_config_zip
 
+    if best_known and not target:
+        raise typer.BadParameter("--best-known needs --target", param_hint="--target")
     try:
         with _client(server, token) as client:
-            data = client.download_configs(job=job, model=model, target=_target(target) if target else None)
-    except (ApiError, TunehubError) as exc:
+            data = client.download_configs(job=job, model=model, target=_target(target) if target else None,
+                                           best_known=best_known, include_other_tvm=include_other_tvm)
+        path = extract_config_zip(data, out)
+    except (ApiError, TunehubError, OSError) as exc:
         _fail(exc)
-    path = extract_config_zip(data, out)
     console.print(f"configs written to {path}")
 
 

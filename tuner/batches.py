@@ -163,6 +163,7 @@ class BatchLoop:
                 target_key=spec.target_key,
                 traces=[p.trace_json for p in proposals],
                 round=number,
+                transferred=[p.transferred for p in proposals],
             )
             batch.inflight.update({cid: (task, p) for cid, p in zip(ids, proposals)})
         self.used += len(batch.inflight)

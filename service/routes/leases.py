@@ -7,6 +7,8 @@ may act for it. The queue rules (expiry, compare-and-set completion) live in
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from db import leases, metrics_queries, queue, workers
@@ -25,6 +27,12 @@ from common.protocol import (
 )
 
 router = APIRouter(prefix="/leases", tags=["leases"])
+
+
+def worker_tvm_version(hardware: dict[str, Any]) -> str | None:
+    """The TVM version a worker reported at registration (``hardware["tvm"]``), if it reads as one."""
+    version = hardware.get("tvm")
+    return version if isinstance(version, str) and 0 < len(version) <= 64 else None
 
 
 @router.post("")
@@ -86,6 +94,7 @@ def _store_results(
         session, lease_id=lease_id, worker_id=body.worker_id, results=body.results,
         flag_all=degraded or worker.suspect_reason is not None, peak_flops=peak,
         confirm=ConfirmPolicy(settings.confirm_winners, settings.confirm_tolerance, settings.confirm_worker_seen_s),
+        tvm_version=worker_tvm_version(worker.hardware),
     )
     if body.calibration is not None:
         workers.set_worker_calibration(session, worker_id=body.worker_id, calibration=body.calibration)
