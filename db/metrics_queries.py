@@ -1,9 +1,11 @@
-"""Read-only counts behind ``GET /metrics``: the fleet's state, computed from the database at scrape time.
+"""The counts behind ``GET /metrics``, computed from the database at scrape time (and the tuner's round rows).
 
 Why from the database: any number of API replicas and tuners share one
 database, so a gauge or a counter read here is the same whichever replica
 Prometheus scrapes, and it survives restarts. Counters (measurements, tuner
-rounds) count rows that are never deleted, so they only grow.
+rounds) count rows that are never deleted, so they only grow. Tuners write
+one ``tuner_rounds`` row per batch (``record_round``) for the same reason:
+their work shows on whichever replica is scraped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy.orm import Session
 from common.protocol import Calibration, CandidateState, JobStatus
 from db.dashboard_queries import _error_kind_sql
 from db.engine import db_now
-from db.models import Candidate, Job, Lease, Task, Worker
+from db.models import Candidate, Job, Lease, TunerRound, Worker
 
 WORKER_STATES = ("online", "offline", "degraded", "suspect")
 """A worker is ``suspect`` (a winner failed confirmation), else ``degraded`` (its calibration says so), else
@@ -34,7 +36,8 @@ class FleetCounts:
     measurements: dict[str, int] = field(default_factory=dict)  # outcome ("ok" or an ErrorKind) -> rows
     workers: dict[str, int] = field(default_factory=dict)  # WORKER_STATES -> workers
     jobs: dict[str, int] = field(default_factory=dict)  # JobStatus -> jobs
-    tuner_rounds: int = 0  # batches the tuners queued: distinct (job, round) among candidates
+    tuner_rounds: int = 0  # batches the tuners queued
+    generation_s: float = 0.0  # seconds the tuners' searches spent proposing them, in all
 
 
 def _holding_leased() -> object:
@@ -81,15 +84,9 @@ def fleet_counts(session: Session, *, worker_seen_s: float) -> FleetCounts:
             workers["online" if seen >= seen_since else "offline"] += 1
     jobs = dict.fromkeys((s.value for s in JobStatus), 0)
     jobs.update({s: int(n) for s, n in session.execute(select(Job.status, func.count()).group_by(Job.status))})
-    rounds = session.execute(
-        select(func.count()).select_from(
-            select(Task.job_id, Candidate.round)
-            .join(Task, Task.id == Candidate.task_id)
-            .where(Candidate.confirms_measurement_id.is_(None))
-            .distinct()
-            .subquery()
-        )
-    ).scalar_one()
+    rounds, generation = session.execute(
+        select(func.count(), func.coalesce(func.sum(TunerRound.generation_s), 0.0)).select_from(TunerRound)
+    ).one()
     return FleetCounts(
         queue_depth={k: int(n) for k, n in depth.items()},
         active_leases=int(active),
@@ -98,4 +95,13 @@ def fleet_counts(session: Session, *, worker_seen_s: float) -> FleetCounts:
         workers=workers,
         jobs=jobs,
         tuner_rounds=int(rounds),
+        generation_s=float(generation),
     )
+
+
+def record_round(
+    session: Session, *, job_id: int, task_id: int, round: int, candidates: int, generation_s: float
+) -> None:
+    """A tuner queued a batch of ``candidates`` whose search took ``generation_s`` seconds to propose."""
+    session.add(TunerRound(job_id=job_id, task_id=task_id, round=round, candidates=candidates,
+                           generation_s=max(0.0, generation_s), created_at=db_now(session)))

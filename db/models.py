@@ -186,6 +186,19 @@ class Measurement(Base):
     candidate: Mapped[Candidate] = relationship()
 
 
+class TunerRound(Base):
+    """One batch a tuner queued, with the seconds its search took to propose it (read by ``GET /metrics``)."""
+
+    __tablename__ = "tuner_rounds"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    candidates: Mapped[int] = mapped_column(Integer)
+    generation_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
+
+
 class CostModelVersion(Base):
     """One trained XGBoost cost model of a target key (``cost_model.store``); the highest version is current."""
 

@@ -4,7 +4,8 @@ Two kinds, each where it is true:
 
 - the fleet's state, read from the database at scrape time by ``FleetCollector``
   (``db.metrics_queries``): queue depth per target key, active leases,
-  measurements by outcome, workers by state, jobs by state, tuner rounds. Every
+  measurements by outcome, workers by state, jobs by state, tuner rounds and
+  their candidate generation time (tuners write a row per batch). Every
   replica answers the same, and a restart loses nothing;
 - what this API process saw, updated in ``service/routes/leases.py``: lease
   and report request latency (histograms) and leases found expired (counter).
@@ -24,7 +25,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,6 +71,9 @@ class FleetCollector(Collector):
         yield jobs
         yield CounterMetricFamily("tunehub_tuner_rounds", "Batches of candidates the tuners have queued.",
                                   value=counts.tuner_rounds)
+        yield SummaryMetricFamily("tunehub_tuner_generation_seconds",
+                                  "Time the tuners' searches took to propose a batch (count = batches).",
+                                  count_value=counts.tuner_rounds, sum_value=counts.generation_s)
 
 
 @dataclass

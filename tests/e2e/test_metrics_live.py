@@ -47,6 +47,8 @@ def test_metrics_move_during_a_real_job(stack, tmp_path: Path) -> None:
         assert total(during, "tunehub_lease_request_seconds_count") >= 1
         assert total(during, "tunehub_report_request_seconds_count") >= 1
         assert total(during, "tunehub_tuner_rounds_total") >= 1
+        assert total(during, "tunehub_tuner_generation_seconds_count") == total(during, "tunehub_tuner_rounds_total")
+        assert total(during, "tunehub_tuner_generation_seconds_sum") > 0
         assert during[("tunehub_jobs", (("status", "running"),))] + during[("tunehub_jobs", (("status", "done"),))] == 1
         job = wait_for(lambda: (j := client.job(job.id)).status.value not in ("queued", "running") and j,
                        timeout_s=900, what=f"job {job.id} to end", on_timeout=stack.logs)

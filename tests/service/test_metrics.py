@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
+import pytest
 from live_server import Live
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import update
+from sqlalchemy import select, update
 from test_api_leases import register, seed
 
 from common.targets import canonical_target
 from db.engine import db_now
-from db.models import Lease
+from db.metrics_queries import record_round
+from db.models import Lease, Task
 
 
 def scrape(live: Live) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -76,3 +78,17 @@ def test_metrics_follow_leases_reports_and_expiry(live: Live) -> None:
     assert (value(after, "tunehub_measurements_total", outcome="timeout")
             == value(leased, "tunehub_measurements_total", outcome="timeout") + 1)
     assert value(after, "tunehub_queue_depth", target_key=key) == 0
+
+
+def test_tuner_rounds_and_generation_time_come_from_the_database(live: Live) -> None:
+    seed(live, 1)
+    before = scrape(live)
+    with live.session() as s:  # what a tuner process writes per batch it queues (tuner.batches)
+        job_id, task_id = s.execute(select(Task.job_id, Task.id).order_by(Task.id.desc()).limit(1)).one()
+        record_round(s, job_id=job_id, task_id=task_id, round=1, candidates=1, generation_s=0.25)
+        record_round(s, job_id=job_id, task_id=task_id, round=2, candidates=1, generation_s=0.5)
+    after = scrape(live)
+    assert value(after, "tunehub_tuner_rounds_total") == value(before, "tunehub_tuner_rounds_total") + 2
+    assert value(after, "tunehub_tuner_generation_seconds_count") == value(after, "tunehub_tuner_rounds_total")
+    assert value(after, "tunehub_tuner_generation_seconds_sum") == pytest.approx(
+        value(before, "tunehub_tuner_generation_seconds_sum") + 0.75)

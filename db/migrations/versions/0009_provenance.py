@@ -1,4 +1,4 @@
-"""measurements.tvm_version, candidates.transferred: provenance for config bundles
+"""measurements.tvm_version, candidates.transferred, tuner_rounds: provenance for bundles, rounds for metrics
 
 Revision ID: 0009
 Revises: 0008
@@ -13,6 +13,10 @@ asked. Nullable: rows stored before this revision did not record it.
 ``candidates.transferred`` marks a candidate the tuner adapted from another
 workload of the family (``tuner.transfer``) rather than found by searching
 this one; bundles say so per record.
+
+``tuner_rounds`` has one row per batch a tuner queued, with the seconds its
+search took to propose it: ``GET /metrics`` reads rounds and generation time
+from here, so any API replica reports what every tuner process did.
 """
 
 import sqlalchemy as sa
@@ -24,7 +28,23 @@ branch_labels = None
 depends_on = None
 
 
+_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
+
+
 def upgrade() -> None:
+    op.create_table(
+        'tuner_rounds',
+        sa.Column('id', _ID, nullable=False),
+        sa.Column('job_id', _ID, nullable=False),
+        sa.Column('task_id', _ID, nullable=False),
+        sa.Column('round', sa.Integer(), nullable=False),
+        sa.Column('candidates', sa.Integer(), nullable=False),
+        sa.Column('generation_s', sa.Float(), nullable=False),
+        sa.Column('created_at', sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(['job_id'], ['jobs.id']),
+        sa.ForeignKeyConstraint(['task_id'], ['tasks.id']),
+        sa.PrimaryKeyConstraint('id'),
+    )
     with op.batch_alter_table('measurements', schema=None) as batch_op:
         batch_op.add_column(sa.Column('tvm_version', sa.String(length=64), nullable=True))
     with op.batch_alter_table('candidates', schema=None) as batch_op:
@@ -32,6 +52,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table('tuner_rounds')
     with op.batch_alter_table('candidates', schema=None) as batch_op:
         batch_op.drop_column('transferred')
     with op.batch_alter_table('measurements', schema=None) as batch_op:
