@@ -78,9 +78,10 @@ def explain(exc: BaseException) -> list[str]:
         return [f"error: {exc.detail}"]
     if isinstance(exc, OSError) and exc.filename is not None:
         return [f"error: {exc.strerror or exc}: {exc.filename}"]
+    first_line = (str(exc).strip().splitlines() or [""])[0]
     if isinstance(exc, (OSError, ValueError, RuntimeError, TimeoutError)):
-        return [f"error: {exc}"]
-    return [f"error: unexpected {type(exc).__name__}: {exc}", "Run again with --debug for the traceback."]
+        return [f"error: {first_line}"]
+    return [f"error: unexpected {type(exc).__name__}: {first_line}", "Run again with --debug for the traceback."]
 
 
 def _report(exc: BaseException, *, hint: str | None = None) -> int:
@@ -490,6 +491,10 @@ def _user_database(target: str, database: str | None, server: str | None, token:
     settings = get_settings()
     if database:
         return Database(database, target=_target(target))
+    # Errors raised inside TVM's database callbacks come back as bare RuntimeErrors:
+    # ask the service once here, so an unreachable one is told as such.
+    with _client(server, token) as client:
+        client.health()
     return Database(server or settings.server, target=_target(target), token=token or settings.token)
 
 

@@ -83,7 +83,9 @@ def test_unreachable_service_names_the_url_and_how_to_change_it(tmp_path: Path) 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     proc = tunehub(tmp_path, "submit", str(EXAMPLES / "mlp.onnx"), "--target", LLVM, TUNEHUB_SERVER=url)
     assert_explained(proc, f"cannot reach the tunehub service at {url}", "--server", "TUNEHUB_SERVER")
-    for args in (["status", "1"], ["configs", "--job", "1", "-o", "out"], ["token", "create", "x"]):
+    for args in (["status", "1"], ["configs", "--job", "1", "-o", "out"], ["token", "create", "x"],
+                 ["configs", "--best-known", "--target", LLVM, "-o", "out"],
+                 ["records", "export", "-o", "out", "--target", LLVM, "--token", "t"]):
         assert_explained(tunehub(tmp_path, *args, "--server", url), f"cannot reach the tunehub service at {url}")
 
 
