@@ -1,6 +1,7 @@
 """The ``tunehub`` command line: serve, tuner, worker, submit, status, configs, compile, demo.
 
-(Over 400 lines on purpose: one typer app, a short function per command; the work is in the rooms.)
+(Over 500 lines on purpose: one typer app, a short function per command; the work is in the rooms,
+and what a failure tells a person is in ``tunehub.cli_errors``.)
 
 Every room is imported inside the command that needs it, so ``tunehub --help``
 and a worker's start stay fast (no TVM, FastAPI or SQLAlchemy at import).
@@ -18,6 +19,7 @@ import typer
 from rich.console import Console
 
 from common.logs import setup_logging
+from tunehub.cli_errors import explain
 from common.settings import get_settings
 
 app = typer.Typer(help="tunehub: an autotuning service for TVM over your lab's hardware.", no_args_is_help=True)
@@ -55,33 +57,6 @@ def _client(server: str | None, token: str | None):  # type: ignore[no-untyped-d
         if path.exists():  # on the service's own machine the admin token is at hand
             token = path.read_text().strip()
     return TunehubClient(server or settings.server, token)
-
-
-def explain(exc: BaseException) -> list[str]:
-    """One or two lines for a person: what happened, then what to do about it (no traceback)."""
-    from common import errors
-
-    if isinstance(exc, KeyboardInterrupt):
-        return ["interrupted."]
-    if isinstance(exc, errors.Unreachable):
-        return [f"error: cannot reach the tunehub service at {exc.server or 'the configured URL'}.",
-                "Start it with `tunehub serve`, or point at a running one with --server URL or TUNEHUB_SERVER."]
-    if isinstance(exc, errors.Unauthorized):
-        return [f"error: the service refused the token ({exc.detail}).",
-                "Pass a valid one with --token or TUNEHUB_TOKEN (an admin makes one: `tunehub token create NAME --role user`)."]
-    if isinstance(exc, errors.Forbidden):
-        return [f"error: the token may not do this ({exc.detail}).",
-                "Use a token with the needed role (--token or TUNEHUB_TOKEN)."]
-    if isinstance(exc, errors.Unavailable):
-        return [f"error: the service failed to answer ({exc.detail}).", "Try again shortly; the service's log says more."]
-    if isinstance(exc, errors.TunehubError):
-        return [f"error: {exc.detail}"]
-    if isinstance(exc, OSError) and exc.filename is not None:
-        return [f"error: {exc.strerror or exc}: {exc.filename}"]
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    if isinstance(exc, (OSError, ValueError, RuntimeError, TimeoutError)):
-        return [f"error: {first_line}"]
-    return [f"error: unexpected {type(exc).__name__}: {first_line}", "Run again with --debug for the traceback."]
 
 
 def _report(exc: BaseException, *, hint: str | None = None) -> int:
