@@ -88,6 +88,8 @@ class ServiceMetrics:
         self.report_seconds = Histogram("tunehub_report_request_seconds",
                                         "Time to answer POST /leases/{id}/results.",
                                         buckets=_LATENCY_BUCKETS, registry=self.registry)
+        # Counted by the replica whose lease request sweeps them (summed over replicas by Prometheus); on
+        # PostgreSQL two replicas sweeping at the same instant may both count one lease.
         self.leases_expired = Counter("tunehub_leases_expired", "Leases that expired holding candidates "
                                       "(their candidates went back to the queue), as swept by this process.",
                                       registry=self.registry)
