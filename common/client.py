@@ -4,7 +4,8 @@ Every failed answer becomes a ``common.errors`` class in one place
 (``error_from_response``), so the CLI and the worker see the same exception for
 the same answer::
 
-    connection error, timeout, 5xx, 408, 429  -> Unavailable (transient)
+    connection error, timeout                 -> Unreachable (an Unavailable naming the URL tried)
+    5xx, 408, 429                             -> Unavailable (transient)
     4xx                                       -> the class of the body's code (LeaseLost, ...)
                                                  or of the status (Unauthorized, NotFound, ...)
 
@@ -148,17 +149,21 @@ class TunehubClient:
     # --- the request paths ------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request; an answer of 400 or more raises its ``common.errors`` class."""
-        resp = self._http.request(method, path, **kwargs)
+        """One request; an answer of 400 or more raises its ``common.errors`` class, no answer ``Unreachable``."""
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.RequestError as exc:  # connect/read/write errors and timeouts
+            raise errors.Unreachable(
+                f"{method} {path}: no answer from the tunehub service at {self.server_url} "
+                f"({type(exc).__name__}: {exc})",
+                server=self.server_url,
+            ) from exc
         if resp.status_code >= 400:
             raise error_from_response(resp)
         return resp
 
     def _post_once(self, path: str, body: BaseModel, reply: type[M] | None) -> Any:
-        try:
-            response = self._call("POST", path, json=body.model_dump(mode="json"))
-        except httpx.RequestError as exc:  # connect/read/write errors and timeouts
-            raise errors.Unavailable(f"POST {path}: service unreachable ({type(exc).__name__}: {exc})") from exc
+        response = self._call("POST", path, json=body.model_dump(mode="json"))
         if reply is None:
             return None
         try:
@@ -240,8 +245,15 @@ class TunehubClient:
         return [WorkerPublic.model_validate(w) for w in self._call("GET", "/workers").json()]
 
     def download_configs(
-        self, *, job: int | None = None, model: int | None = None, target: dict[str, Any] | None = None
+        self,
+        *,
+        job: int | None = None,
+        model: int | None = None,
+        target: dict[str, Any] | None = None,
+        best_known: bool = False,
+        include_other_tvm: bool = False,
     ) -> bytes:
+        """A config bundle (zip): of a job, of a model on a target, or the best known for a target."""
         params: dict[str, Any] = {}
         if job is not None:
             params["job"] = job
@@ -249,7 +261,9 @@ class TunehubClient:
             params["model"] = model
         if target is not None:
             params["target"] = json.dumps(target)
-        return self._call("GET", "/configs", params=params).content
+        if include_other_tvm:
+            params["include_other_tvm"] = "true"
+        return self._call("GET", "/configs/best-known" if best_known else "/configs", params=params).content
 
     # --- ad-hoc runs (tunehub.metaschedule.FleetRunner) ---------------------------------
 

@@ -8,7 +8,8 @@
     ├── Forbidden                403 forbidden        (token lacks the role)
     ├── Conflict                 409 conflict         (state does not allow the action)
     ├── LeaseLost                409 lease_lost       (lease expired or owned by another worker)
-    └── Unavailable              503 unavailable      (service unreachable or failing: worth retrying)
+    └── Unavailable              503 unavailable      (service failing: worth retrying)
+        └── Unreachable          503 unreachable      (no answer at all: nothing listens, DNS, timeout; client side only)
 
 The service maps these in one handler to ``{"error": code, "detail": message}``.
 db/, tuner/, workers/ raise them and never import FastAPI.
@@ -65,3 +66,16 @@ class Unavailable(TunehubError):
 
     status_code = 503
     code = "unavailable"
+
+
+class Unreachable(Unavailable):
+    """No answer from the service at all (refused, unresolvable, timed out); raised by the client, never sent.
+
+    ``server`` is the URL that was tried, so a person can be told which one and how to change it.
+    """
+
+    code = "unreachable"
+
+    def __init__(self, detail: str, *, server: str = ""):
+        super().__init__(detail)
+        self.server = server

@@ -67,6 +67,7 @@ def family_bests(
     flops: float | None,
     max_workloads: int = 4,
     per_workload: int = 4,
+    tvm_version: str | None = None,
 ) -> list[MemberBests]:
     """The other members of ``family`` measured validly on the key, nearest in FLOPs first.
 
@@ -89,7 +90,8 @@ def family_bests(
     mods = dict(session.execute(
         select(Workload.id, Workload.mod_json).where(Workload.id.in_([m.id for m in chosen]))).all()) if chosen else {}
     ranked = ranked_measurements(
-        session, target_key=target_key, workload_ids=[m.id for m in chosen], per_workload=per_workload
+        session, target_key=target_key, workload_ids=[m.id for m in chosen], per_workload=per_workload,
+        tvm_version=tvm_version,
     )
     return [
         MemberBests(wid, mods[wid], wl_flops, [m.trace_json for m in ranked.get(wid, [])]) for wid, wl_flops in chosen

@@ -271,15 +271,17 @@ def job_candidates(
 
 
 def fleet_best(
-    session: Session, *, workload_id: int, target_key: str, exclude_task_id: int, limit: int
+    session: Session, *, workload_id: int, target_key: str, exclude_task_id: int, limit: int,
+    tvm_version: str | None = None,
 ) -> list[CandidateOutcome]:
     """The best measurements (``db.ranking`` policy) of a workload on a target key made by other tasks.
 
     A new or resumed search warms its cost model with them and does not measure them again.
+    ``tvm_version``: only measurements made under it (``db.ranking``).
     """
     ranked = ranked_measurements(
         session, target_key=target_key, workload_ids=[workload_id], per_workload=limit,
-        exclude_task_id=exclude_task_id,
+        exclude_task_id=exclude_task_id, tvm_version=tvm_version,
     ).get(workload_id, [])
     return [
         CandidateOutcome(
@@ -295,15 +297,18 @@ def fleet_best(
 
 
 def tuned_workloads(
-    session: Session, *, workload_ids: Sequence[int], target_key: str, exclude_job_id: int
+    session: Session, *, workload_ids: Sequence[int], target_key: str, exclude_job_id: int,
+    tvm_version: str | None = None,
 ) -> dict[int, float]:
     """Workloads already tuned for a target key: {workload id: its best's mean seconds}.
 
     Tuned means a finished (``done``) job other than ``exclude_job_id`` measured a valid
     schedule for it on that key; a job that is still running does not count, so two
-    concurrent jobs on one workload both tune it. The best is by the ``db.ranking`` policy.
+    concurrent jobs on one workload both tune it. The best is by the ``db.ranking`` policy;
+    ``tvm_version``: only measurements made under it.
     """
     ranked = ranked_measurements(
-        session, target_key=target_key, workload_ids=workload_ids, done_jobs_except=exclude_job_id
+        session, target_key=target_key, workload_ids=workload_ids, done_jobs_except=exclude_job_id,
+        tvm_version=tvm_version,
     )
     return {wid: best[0].mean_secs for wid, best in ranked.items()}

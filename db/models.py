@@ -159,6 +159,8 @@ class Candidate(Base):
     # A re-measurement of that measurement's trace (db.confirmation), leasable by any worker but this one.
     confirms_measurement_id: Mapped[int | None] = mapped_column(BigId)  # no FK: measurements refer here
     exclude_worker_id: Mapped[int | None] = mapped_column(BigId)
+    # Adapted from another workload of the family (tuner.transfer), not found by this workload's search.
+    transferred: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]
 
 
@@ -179,9 +181,24 @@ class Measurement(Base):
     # Measured while the worker was degraded (calibration) or disturbed (CPU interference).
     flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     confirmation: Mapped[str | None] = mapped_column(String(16))  # db.confirmation.Confirmation; None: not asked
+    # The measuring worker's TVM version (its hardware["tvm"]); None: stored before versions were kept.
+    tvm_version: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
 
     candidate: Mapped[Candidate] = relationship()
+
+
+class TunerRound(Base):
+    """One batch a tuner queued, with the seconds its search took to propose it (read by ``GET /metrics``)."""
+
+    __tablename__ = "tuner_rounds"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    candidates: Mapped[int] = mapped_column(Integer)
+    generation_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
 
 
 class CostModelVersion(Base):

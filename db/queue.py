@@ -91,8 +91,13 @@ def enqueue_candidates(
     target_key: str,
     traces: Sequence[str],
     round: int,
+    transferred: Sequence[bool] | None = None,
 ) -> list[int]:
-    """Insert candidates as pending; returns their ids in the order of ``traces``."""
+    """Insert candidates as pending; returns their ids in the order of ``traces``.
+
+    ``transferred`` (one flag per trace) marks schedules adapted from another workload of the family.
+    """
+    flags = list(transferred) if transferred is not None else [False] * len(traces)
     now = db_now(session)
     rows = [
         Candidate(
@@ -103,9 +108,10 @@ def enqueue_candidates(
             round=round,
             state=PENDING,
             attempts=0,
+            transferred=flag,
             created_at=now,
         )
-        for trace in traces
+        for trace, flag in zip(traces, flags, strict=True)
     ]
     session.add_all(rows)
     session.flush()
@@ -214,8 +220,11 @@ def complete(
     flag_all: bool = False,
     peak_flops: float | None = None,
     confirm: ConfirmPolicy | None = None,
+    tvm_version: str | None = None,
 ) -> ResultsAck:
     """Store results of a lease; each candidate is accepted at most once.
+
+    ``tvm_version`` (the worker's) is stamped on every stored measurement.
 
     A candidate counts only while it is still leased under this lease: results
     for candidates already measured, re-leased to another worker after expiry,
@@ -267,6 +276,7 @@ def complete(
                 error=error,
                 error_kind=kinds.get(cid),
                 flagged=cid in flagged and mean_secs is not None,
+                tvm_version=tvm_version,
                 created_at=now,
             )
         )

@@ -33,7 +33,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from common.protocol import JobStatus
@@ -90,8 +90,11 @@ def _ranked(
     unflagged_only: bool,
     exclude_task_id: int | None,
     done_jobs_except: int | None,
+    tvm_version: str | None = None,
 ) -> Select:  # type: ignore[type-arg]
     conds = [Measurement.target_key == target_key, Measurement.workload_id.in_(workload_ids), valid_measurement()]
+    if tvm_version is not None:  # rows stored before versions were kept (NULL) count as any version
+        conds.append(or_(Measurement.tvm_version == tvm_version, Measurement.tvm_version.is_(None)))
     if unflagged_only:
         conds.append(Measurement.flagged.is_(False))
     if exclude_task_id is not None:
@@ -125,20 +128,22 @@ def ranked_measurements(
     unflagged_only: bool = False,
     exclude_task_id: int | None = None,
     done_jobs_except: int | None = None,
+    tvm_version: str | None = None,
 ) -> dict[int, list[RankedMeasurement]]:
     """{workload id: its ``per_workload`` best valid measurements, in policy order}; workloads with none are absent.
 
     ``unflagged_only`` drops flagged results (training labels); ``exclude_task_id``
     leaves out one task's own candidates (a search warming from the fleet);
     ``done_jobs_except`` keeps only measurements of finished (``done``) jobs other
-    than that one (is this workload tuned already?).
+    than that one (is this workload tuned already?); ``tvm_version`` keeps only
+    measurements by workers of that TVM version (and unstamped old rows).
     """
     ids = sorted(set(workload_ids))
     if not ids or per_workload <= 0:
         return {}
     ranked = _ranked(
         target_key=target_key, workload_ids=ids, unflagged_only=unflagged_only,
-        exclude_task_id=exclude_task_id, done_jobs_except=done_jobs_except,
+        exclude_task_id=exclude_task_id, done_jobs_except=done_jobs_except, tvm_version=tvm_version,
     ).subquery()
     rows = session.execute(
         select(ranked).where(ranked.c.rank <= per_workload).order_by(ranked.c.workload_id, ranked.c.rank)
@@ -154,13 +159,16 @@ def ranked_measurements(
     return out
 
 
-def best_records(session: Session, *, target_key: str, workload_ids: Iterable[int]) -> list[BestRecord]:
+def best_records(
+    session: Session, *, target_key: str, workload_ids: Iterable[int], tvm_version: str | None = None
+) -> list[BestRecord]:
     """The best measurement per workload on one target key, from every job, with its workload (config download).
 
     The fleet never forgets: a workload tuned for another model (or a job
     since cancelled) still gives its best. Ordered by workload id.
+    ``tvm_version`` as in ``ranked_measurements``.
     """
-    best = ranked_measurements(session, target_key=target_key, workload_ids=workload_ids)
+    best = ranked_measurements(session, target_key=target_key, workload_ids=workload_ids, tvm_version=tvm_version)
     if not best:
         return []
     wls = {
@@ -182,6 +190,7 @@ def best_records(session: Session, *, target_key: str, workload_ids: Iterable[in
             mean_secs=m.mean_secs,
             candidate_id=m.candidate_id,
             confirmed=m.confirmed,
+            measurement_id=m.measurement_id,
         )
         for wid, (m,) in sorted(best.items())
     ]

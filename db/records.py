@@ -22,6 +22,7 @@ class BestRecord:
     mean_secs: float
     candidate_id: int
     confirmed: bool = False  # re-measured on a second worker of the target key, and it agreed
+    measurement_id: int | None = None  # the measurement it comes from (its provenance: db.provenance)
 
 
 @dataclass(frozen=True)

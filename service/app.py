@@ -28,7 +28,7 @@ import common
 from db.tokens import ensure_token
 from db.engine import make_engine, make_sessionmaker, session_scope
 from db.migrate import upgrade
-from service import dashboard
+from service import dashboard, metrics
 from service.audit import AuditLog
 from service.body_limits import JsonBodyLimit
 from service.errors import install_error_handlers
@@ -96,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = factory
+    app.state.metrics = metrics.ServiceMetrics()
+    app.state.metrics.watch_fleet(factory, worker_seen_s=settings.confirm_worker_seen_s)
     install_error_handlers(app)
     app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_kb * 1024, max_depth=settings.max_json_depth)
     app.add_middleware(AuditLog)
@@ -105,5 +107,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, tokens, models, jobs, workers, leases, configs, runs, records):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(metrics.router)  # /metrics at the root, where Prometheus looks; no token
     dashboard.install(app)
     return app

@@ -1,3 +1,5 @@
-from tunehub.cli import app
+import sys
 
-app()
+from tunehub.cli import main
+
+sys.exit(main())

@@ -1,6 +1,7 @@
 """The ``tunehub`` command line: serve, tuner, worker, submit, status, configs, compile, demo.
 
-(Over 400 lines on purpose: one typer app, a short function per command; the work is in the rooms.)
+(Over 500 lines on purpose: one typer app, a short function per command; the work is in the rooms,
+and what a failure tells a person is in ``tunehub.cli_errors``.)
 
 Every room is imported inside the command that needs it, so ``tunehub --help``
 and a worker's start stay fast (no TVM, FastAPI or SQLAlchemy at import).
@@ -12,23 +13,38 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
 
 from common.logs import setup_logging
+from tunehub.cli_errors import explain
 from common.settings import get_settings
 
 app = typer.Typer(help="tunehub: an autotuning service for TVM over your lab's hardware.", no_args_is_help=True)
 token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 console = Console()
+err_console = Console(stderr=True)
 
 ServerOpt = Annotated[Optional[str], typer.Option("--server", help="Service URL (env TUNEHUB_SERVER).")]
 TokenOpt = Annotated[Optional[str], typer.Option("--token", help="API token (env TUNEHUB_TOKEN).")]
 TARGET_HELP = 'Target JSON like \'{"kind":"llvm","num-cores":8}\', a .json file holding it, or "local" (this CPU).'
 SHAPE_HELP = "Input shape for symbolic dims: name=d0,d1,... or a JSON object; repeat per input."
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
+_debug = False  # set by the global --debug option: errors show their traceback
+_reported = False  # an error has been explained already (main() must not explain it twice)
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
 
 
 def _client(server: str | None, token: str | None):  # type: ignore[no-untyped-def]
@@ -43,9 +59,35 @@ def _client(server: str | None, token: str | None):  # type: ignore[no-untyped-d
     return TunehubClient(server or settings.server, token)
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(1)
+def _report(exc: BaseException, *, hint: str | None = None) -> int:
+    """Print ``exc`` for a person (its traceback too with --debug); returns the exit code it deserves."""
+    global _reported
+    _reported = True
+    if _debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    lines = explain(exc)
+    if hint:
+        lines = [lines[0], hint]
+    for line in lines:
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_ERROR
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    raise typer.Exit(_report(exc))
+
+
+def _follow(client: Any, job_id: int) -> None:
+    """Follow a job until it ends; Ctrl-C stops following (the job goes on) and says how to look again."""
+    from tunehub.views import follow_job
+
+    try:
+        follow_job(console, client, job_id)
+    except KeyboardInterrupt as exc:
+        raise typer.Exit(_report(exc, hint=f"Job {job_id} keeps running on the service: "
+                                           f"`tunehub status {job_id} --watch` follows it again.")) from None
 
 
 def _on_sigterm(stop: Any) -> None:
@@ -98,7 +140,8 @@ def serve(
     if tuner:
         child = spawn(["tuner"], die_with_parent=True)
     try:
-        uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
+        # log_config=None: uvicorn's lines go through setup_logging's handler (text or JSON) like ours.
+        uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info", log_config=None)
     finally:
         if child is not None:
             stop(child)
@@ -218,7 +261,7 @@ def token_create(
 
 @app.command()
 def submit(
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An ONNX file.")],
+    model: Annotated[Path, typer.Argument(help="An ONNX file.")],
     target: Annotated[str, typer.Option(help=TARGET_HELP)] = "local",
     trials: Annotated[Optional[int], typer.Option(
         help="Measurement budget across the model's tasks (default 64, or unbounded with --time-budget alone).")] = None,
@@ -244,10 +287,8 @@ def submit(
             job = client.create_job(uploaded.id, _target(target), trials, time_budget_s=budget_s)
             console.print(f"model {uploaded.id} ({uploaded.sha256[:12]}), job {job.id}: {len(job.tasks)} tasks")
             if wait:
-                from tunehub.views import follow_job
-
-                follow_job(console, client, job.id)
-    except (ApiError, TunehubError) as exc:
+                _follow(client, job.id)
+    except (ApiError, TunehubError, OSError) as exc:
         _fail(exc)
 
 
@@ -277,12 +318,12 @@ def status(
 ) -> None:
     """Show a job's progress: per task its share of model time, trials, best latency and why."""
     from common.client import ApiError
-    from tunehub.views import follow_job, job_table
+    from tunehub.views import job_table
 
     try:
         with _client(server, token) as client:
             if watch:
-                follow_job(console, client, job)
+                _follow(client, job)
             else:
                 console.print(job_table(client.job(job)))
     except ApiError as exc:
@@ -295,20 +336,31 @@ def configs(
     job: Annotated[Optional[int], typer.Option(help="Best configs for this job's tasks.")] = None,
     model: Annotated[Optional[int], typer.Option(help="Best configs for this model ...")] = None,
     target: Annotated[Optional[str], typer.Option(help="... on this target (JSON, a .json file, or 'local').")] = None,
+    best_known: Annotated[bool, typer.Option(
+        "--best-known", help="The best config of every workload measured on --target, whatever the model.")] = False,
+    include_other_tvm: Annotated[bool, typer.Option(
+        "--include-other-tvm", help="Also take records measured under another TVM version.")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Download the best configs as a MetaSchedule JSON database (loadable by ms.database.JSONDatabase)."""
+    """Download the best configs as a MetaSchedule JSON database (loadable by ms.database.JSONDatabase).
+
+    manifest.json beside it says, per record, which workers measured it, their
+    calibration and TVM version, the trial counts and dates.
+    """
     from common.client import ApiError
     from common.errors import TunehubError
     from tuner.configs import extract_config_zip
 
+    if best_known and not target:
+        raise typer.BadParameter("--best-known needs --target", param_hint="--target")
     try:
         with _client(server, token) as client:
-            data = client.download_configs(job=job, model=model, target=_target(target) if target else None)
-    except (ApiError, TunehubError) as exc:
+            data = client.download_configs(job=job, model=model, target=_target(target) if target else None,
+                                           best_known=best_known, include_other_tvm=include_other_tvm)
+        path = extract_config_zip(data, out)
+    except (ApiError, TunehubError, OSError) as exc:
         _fail(exc)
-    path = extract_config_zip(data, out)
     console.print(f"configs written to {path}")
 
 
@@ -419,6 +471,10 @@ def _user_database(target: str, database: str | None, server: str | None, token:
     settings = get_settings()
     if database:
         return Database(database, target=_target(target))
+    # Errors raised inside TVM's database callbacks come back as bare RuntimeErrors:
+    # ask the service once here, so an unreachable one is told as such.
+    with _client(server, token) as client:
+        client.health()
     return Database(server or settings.server, target=_target(target), token=token or settings.token)
 
 
@@ -464,9 +520,29 @@ def records_export(
     console.print(f"exported {moved.records} records of {moved.workloads} workloads to {out}")
 
 
-def main() -> None:  # pragma: no cover - console-script entry
-    app()
+def main(argv: list[str] | None = None) -> int:
+    """The console-script entry: every failure becomes one or two lines and a non-zero exit code.
+
+    Commands turn the errors they expect into lines themselves (``_fail``); this
+    catches the rest (Ctrl-C anywhere, an unreadable file, a bug) so no person
+    sees a traceback unless they asked with ``--debug``.
+    """
+    command = typer.main.get_command(app)
+    try:
+        code = int(command.main(args=argv, prog_name="tunehub", standalone_mode=False) or 0)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        return _report(KeyboardInterrupt())
+    except typer.exceptions.TyperException as exc:  # usage errors: typer's own message and code 2
+        exc.show()  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 2))
+    except Exception as exc:  # noqa: BLE001  (the last line of defence for a person at a terminal)
+        return _report(exc)
+    if code == EXIT_INTERRUPTED and not _reported:  # typer turns Ctrl-C into a silent exit 130
+        return _report(KeyboardInterrupt())
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(main())

@@ -21,6 +21,7 @@ view (each task's share of the model's time and why) is written to the job.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict, deque
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +31,7 @@ from common.settings import Settings
 from db.engine import session_scope
 from db.job_claims import CandidateOutcome, JobSpec, job_candidates
 from db.job_schedule import TaskChoice, record_end_reason, record_schedule
+from db.metrics_queries import record_round
 from db.queue import cancel_candidates, enqueue_candidates
 from tuner.budget import TimeBudget
 from tuner.errors import TVM_ERRORS
@@ -140,6 +142,7 @@ class BatchLoop:
         """One batch of ``task`` into the queue (empty when its search had nothing new this time)."""
         spec = self.spec
         batch = Batch(number=number)
+        started = time.monotonic()  # generation time, for GET /metrics
         if task.transfer_pending:
             task.transfer_pending = False
             carry_family_over(self.factory, spec, task, limit=min(self.config.transfer_seeds, spec.trials_per_round),
@@ -150,6 +153,7 @@ class BatchLoop:
         share = -(-remaining // len(unstarted)) if task.spec.id in unstarted else remaining
         size = self.scheduler.batch_size(task.spec.id)
         proposals = task.search.propose(max(1, min(size, share, remaining)))
+        generation_s = time.monotonic() - started
         if not proposals:
             if task.search.exhausted:
                 self.scheduler.mark_exhausted(task.spec.id)
@@ -163,7 +167,10 @@ class BatchLoop:
                 target_key=spec.target_key,
                 traces=[p.trace_json for p in proposals],
                 round=number,
+                transferred=[p.transferred for p in proposals],
             )
+            record_round(session, job_id=spec.id, task_id=task.spec.id, round=number, candidates=len(ids),
+                         generation_s=generation_s)
             batch.inflight.update({cid: (task, p) for cid, p in zip(ids, proposals)})
         self.used += len(batch.inflight)
         log.info("job %d batch %d: queued %d candidates of %s (%s); %d/%d trials",

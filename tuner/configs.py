@@ -10,8 +10,16 @@ Zip layout::
 
     database_workload.json
     database_tuning_record.json
-    manifest.json     # target, counts, skipped records, confirmed per workload, TVM version
+    manifest.json     # target, TVM version, counts, skipped records, and per record its provenance
     README.txt        # how to use the files
+
+The manifest's ``provenance`` maps each shipped workload hash to where its
+record comes from (``db.provenance``): the worker that measured it and any that
+re-measured it (hardware, TVM version, calibration as last reported), the job
+and round, whether the schedule was transferred from another workload of its
+family, the workload's trial counts and dates. ``other_tvm_excluded`` counts
+the valid measurements left out because workers of another TVM version made
+them (``include_other_tvm`` says whether they were allowed in).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from db.provenance import RecordProvenance
 from db.records import BestRecord
 from common.errors import BadInput
 
@@ -96,11 +105,27 @@ def _write_database(records: Sequence[BestRecord], target: Any, work_dir: Path) 
     return len(committed), skipped
 
 
-def build_config_zip(records: Sequence[BestRecord], target: Mapping[str, Any]) -> bytes:
+def current_tvm_version() -> str:
+    """The TVM version of this process: the one bundles are made for and stamped with."""
+    import tvm
+
+    return str(tvm.__version__)
+
+
+def build_config_zip(
+    records: Sequence[BestRecord],
+    target: Mapping[str, Any],
+    *,
+    provenance: Mapping[int, RecordProvenance] | None = None,
+    scope: Mapping[str, Any] | None = None,
+) -> bytes:
     """A zip of MetaSchedule JSONDatabase files holding ``records`` for ``target``.
 
     Records whose workload or trace cannot be loaded are left out and listed
-    under ``skipped`` in ``manifest.json``. Raises BadInput for an invalid target.
+    under ``skipped`` in ``manifest.json``. ``provenance`` (by measurement id)
+    is stamped per shipped record; ``scope`` (what the bundle covers, which TVM
+    versions it admits) goes into the manifest as given. Raises BadInput for an
+    invalid target.
     """
     from common.targets import canonical_target
     from common.tvm_env import prepare_tvm
@@ -114,7 +139,10 @@ def build_config_zip(records: Sequence[BestRecord], target: Mapping[str, Any]) -
         work_dir = Path(tmp)
         workloads, skipped = _write_database(records, Target(dict(target)), work_dir)
         committed = len(records) - len(skipped)
-        manifest = {
+        shipped = [r for r in records if r.shash not in {s["shash"] for s in skipped}]
+        provenance = provenance or {}
+        manifest: dict[str, Any] = {
+            **(scope or {}),
             "format": "tvm.s_tir.meta_schedule.JSONDatabase",
             "target": canonical,
             "target_key": key,
@@ -122,9 +150,14 @@ def build_config_zip(records: Sequence[BestRecord], target: Mapping[str, Any]) -
             "records": committed,
             "skipped": skipped,
             # workload hash -> re-measured on a second worker and agreed (db.confirmation); false: unconfirmed
-            "confirmed": {r.shash: r.confirmed for r in records if r.shash not in {s["shash"] for s in skipped}},
+            "confirmed": {r.shash: r.confirmed for r in shipped},
             "tvm_version": str(tvm.__version__),
             "files": [WORKLOAD_FILE, RECORD_FILE],
+            "provenance": {
+                r.shash: provenance[r.measurement_id].as_dict()
+                for r in shipped
+                if r.measurement_id is not None and r.measurement_id in provenance
+            },
         }
         readme = _README.format(target=json.dumps(canonical, sort_keys=True), workloads=workloads, records=committed)
         buffer = io.BytesIO()

@@ -145,6 +145,7 @@ def carry_family_over(factory: sessionmaker[Session], spec: JobSpec, task: Tuned
     from common.tvm_json import workload_from_json
     from db.engine import session_scope
     from db.families import family_bests, label, member_measurements, unlabelled
+    from tuner.configs import current_tvm_version
 
     try:
         family = family_key(task.search.mod)
@@ -160,7 +161,7 @@ def carry_family_over(factory: sessionmaker[Session], spec: JobSpec, task: Tuned
             label(session, keys)
             members = family_bests(session, family=family, target_key=spec.target_key,
                                    exclude_workload_id=task.spec.workload_id, flops=task.spec.flops,
-                                   per_workload=limit)
+                                   per_workload=limit, tvm_version=current_tvm_version())
         mods = {m.workload_id: workload_from_json(m.mod_json) for m in members}
         # Round-robin over members, best first: each member's best before any member's second.
         depth = max((len(m.traces) for m in members), default=0)

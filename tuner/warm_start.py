@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.protocol import CandidateState
 from db.engine import session_scope
 from db.job_claims import CandidateOutcome, JobSpec, TaskSpec, fleet_best, job_candidates, tuned_workloads
+from tuner.configs import current_tvm_version
 from tuner.job_state import Batch, TunedTask, outcome_of
 from tuner.scheduler import GradientScheduler
 
@@ -44,7 +45,7 @@ class JobHistory:
             existing = job_candidates(session, job_id=spec.id)
             stored = {} if spec.retune else tuned_workloads(
                 session, workload_ids=[t.workload_id for t in spec.tasks], target_key=spec.target_key,
-                exclude_job_id=spec.id)
+                exclude_job_id=spec.id, tvm_version=current_tvm_version())
         history = cls(stored=stored)
         for row in existing:
             history.by_task[row.task_id].append(row)
@@ -76,7 +77,8 @@ def seed_task(factory: sessionmaker[Session], spec: JobSpec, task: TunedTask, ro
     task.valid = sum(1 for _, o in measured if o.valid)
     with session_scope(factory) as session:
         fleet = fleet_best(session, workload_id=task.spec.workload_id, target_key=spec.target_key,
-                           exclude_task_id=task.spec.id, limit=FLEET_WARM_RECORDS)
+                           exclude_task_id=task.spec.id, limit=FLEET_WARM_RECORDS,
+                           tvm_version=current_tvm_version())
     known = measured + [(r, o) for r, o in ((r, outcome_of(r)) for r in fleet) if o is not None]
     if known:  # one cost-model update (one XGBoost training) for both
         task.search.warm_start([r.trace_json for r, _ in known], [o for _, o in known])

@@ -7,11 +7,14 @@ may act for it. The queue rules (expiry, compare-and-set completion) live in
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
-from db import leases, queue, workers
+from db import leases, metrics_queries, queue, workers
 from db.confirmation import ConfirmPolicy
 from db.plausibility import PeakPolicy, peak_flops
+from service.metrics import MetricsDep
 from service.deps import PathId, SessionDep, SettingsDep, WorkerToken, owned_worker
 from common.protocol import (
     HeartbeatRequest,
@@ -26,16 +29,29 @@ from common.protocol import (
 router = APIRouter(prefix="/leases", tags=["leases"])
 
 
+def worker_tvm_version(hardware: dict[str, Any]) -> str | None:
+    """The TVM version a worker reported at registration (``hardware["tvm"]``), if it reads as one."""
+    version = hardware.get("tvm")
+    return version if isinstance(version, str) and 0 < len(version) <= 64 else None
+
+
 @router.post("")
-def lease(body: LeaseRequest, session: SessionDep, settings: SettingsDep, token: WorkerToken) -> LeaseResponse:
+def lease(
+    body: LeaseRequest, session: SessionDep, settings: SettingsDep, token: WorkerToken, metrics: MetricsDep
+) -> LeaseResponse:
     """Up to ``max_candidates`` (capped by the service) for the worker's target; ``lease_id`` null when none wait."""
-    worker = owned_worker(session, token, body.worker_id)
-    return leases.lease_batch(
-        session,
-        worker=worker,
-        max_count=min(body.max_candidates, settings.max_lease_candidates),
-        ttl_s=settings.lease_ttl_s,
-    )
+    with metrics.lease_seconds.time():
+        worker = owned_worker(session, token, body.worker_id)
+        # Leasing sweeps expired leases back into the queue first: count those that still held work.
+        expired = metrics_queries.expired_leases_holding_work(session)
+        answer = leases.lease_batch(
+            session,
+            worker=worker,
+            max_count=min(body.max_candidates, settings.max_lease_candidates),
+            ttl_s=settings.lease_ttl_s,
+        )
+    metrics.leases_expired.inc(expired)
+    return answer
 
 
 @router.post("/{lease_id}/heartbeat")
@@ -50,7 +66,8 @@ def heartbeat(
 
 @router.post("/{lease_id}/results")
 def report_results(
-    lease_id: PathId, body: ResultsReport, session: SessionDep, settings: SettingsDep, token: WorkerToken
+    lease_id: PathId, body: ResultsReport, session: SessionDep, settings: SettingsDep, token: WorkerToken,
+    metrics: MetricsDep,
 ) -> ResultsAck:
     """Store results, each candidate once; duplicates and late reports come back in ``ignored``.
 
@@ -63,6 +80,13 @@ def report_results(
     errors; a suspect worker's results are all flagged; a would-be best is
     re-measured on another worker before it is served as confirmed.
     """
+    with metrics.report_seconds.time():
+        return _store_results(lease_id, body, session, settings, token)
+
+
+def _store_results(
+    lease_id: int, body: ResultsReport, session: SessionDep, settings: SettingsDep, token: WorkerToken
+) -> ResultsAck:
     worker = owned_worker(session, token, body.worker_id)
     degraded = body.calibration is not None and body.calibration.status == "degraded"
     peak = peak_flops(worker.target, worker.target_key, PeakPolicy(settings.peak_gflops_per_core, settings.peak_gflops))
@@ -70,6 +94,7 @@ def report_results(
         session, lease_id=lease_id, worker_id=body.worker_id, results=body.results,
         flag_all=degraded or worker.suspect_reason is not None, peak_flops=peak,
         confirm=ConfirmPolicy(settings.confirm_winners, settings.confirm_tolerance, settings.confirm_worker_seen_s),
+        tvm_version=worker_tvm_version(worker.hardware),
     )
     if body.calibration is not None:
         workers.set_worker_calibration(session, worker_id=body.worker_id, calibration=body.calibration)

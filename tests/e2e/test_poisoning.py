@@ -11,6 +11,9 @@ after they are refuted; ``GET /workers`` names the liar suspect.
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from typing import Any
 
 import httpx
@@ -80,10 +83,13 @@ def test_fake_fast_worker_does_not_change_downloaded_configs(stack) -> None:  # 
     honest = _Worker(stack, admin, "honest", honest_secs, 1.0)
     liar = _Worker(stack, admin, "liar", honest_secs, 0.25)
 
-    def download() -> bytes:
+    def download() -> tuple[bytes, ...]:
+        """The served records (the manifest's trial counts and dates move with every measurement)."""
         r = user.get("/configs", params={"job": job["id"]})
         assert r.status_code == 200, r.text
-        return r.content
+        zf = zipfile.ZipFile(io.BytesIO(r.content))
+        served = {shash: p["candidate_id"] for shash, p in json.loads(zf.read("manifest.json"))["provenance"].items()}
+        return zf.read("database_workload.json"), zf.read("database_tuning_record.json"), json.dumps(served).encode()
 
     _enqueue(stack, job, 2)
     assert honest.drain() == 2 * len(job["tasks"])

@@ -128,7 +128,13 @@ def test_configs_download_as_a_metaschedule_zip(live: Live, job: dict[str, Any],
     assert sorted(json.loads(line)[1][1][0] for line in records) == pytest.approx(sorted(measured.values()))
 
     r = client.get("/configs", params={"model": job["model_id"], "target": json.dumps(TARGET)})
-    assert r.status_code == 200 and r.content == zf.fp.getvalue()  # type: ignore[union-attr]
+    assert r.status_code == 200
+    by_model = zipfile.ZipFile(io.BytesIO(r.content))
+    for name in ("database_workload.json", "database_tuning_record.json"):  # the same records either way
+        assert by_model.read(name) == zf.read(name)
+    # ... and each manifest says what its bundle covers.
+    assert json.loads(zf.read("manifest.json"))["bundle"] == {"kind": "job", "job": job["id"]}
+    assert json.loads(by_model.read("manifest.json"))["bundle"] == {"kind": "model", "model": job["model_id"]}
     assert f'tunehub-configs-model{job["model_id"]}.zip' in r.headers["content-disposition"]
     r = client.get("/configs", params={"model": job["model_id"], "target": '{"kind": "llvm", "num-cores": 7}'})
     assert r.status_code == 404 and "no jobs" in r.json()["detail"]
