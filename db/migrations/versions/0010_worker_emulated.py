@@ -1,21 +1,21 @@
 """workers.emulated: a worker running under emulation (qemu-user)
 
-Revision ID: 0011
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-11-30 16:55:00
 
 An aarch64 worker emulated on an x86 host proves the ARM path (lease, build,
 run, report) but its timings say nothing about an ARM board. The flag is kept
 on the worker's row; ``db.ranking`` leaves the measurements of emulated
 workers out of every "best" (config downloads, bundles, search warm starts,
-cost-model labels). The lead re-chains ``down_revision`` when merging.
+cost-model labels).
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0011'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
