@@ -62,7 +62,7 @@ from tvm.target import Target
 from db.adhoc_runs import adhoc_candidate
 from db.engine import db_now, session_scope
 from db.models import Candidate, Measurement, Workload
-from db.ranking import ranked_measurements
+from db.ranking import FAILED_STUB_SECS, ranked_measurements
 from common.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
 
 log = logging.getLogger(__name__)
@@ -214,13 +214,17 @@ class SqlDatabase(PyDatabase):
         return [r for r in records if r is not None]
 
     def get_all_tuning_records(self) -> list[Any]:
-        """Every measurement of this target key, errors included (``run_secs=None``); replays every trace."""
+        """Every measurement of this target key, errors included (``run_secs=None``), in ``JSONDatabase``'s order.
+
+        That order is TVM's ``SortTuningRecordByMeanRunSecs`` (mean seconds, 1e10
+        for none), ties in commit order. Replays every trace.
+        """
         with session_scope(self._factory) as session:
             rows = session.execute(
                 select(Measurement.workload_id, Measurement.candidate_id, Candidate.trace_json, Measurement.run_secs_json)
                 .join(Candidate, Candidate.id == Measurement.candidate_id)
                 .where(Measurement.target_key == self._target_key, ~adhoc_candidate())
-                .order_by(Measurement.id)
+                .order_by(func.coalesce(Measurement.mean_secs, FAILED_STUB_SECS), Measurement.id)
             ).all()
         records = [
             self._record(self._by_row(wid), cid, trace_json, [float(s) for s in json.loads(secs)] if secs else None)
