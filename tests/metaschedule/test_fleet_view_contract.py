@@ -20,7 +20,7 @@ import pytest
 import tvm
 from conftest import TARGET, empty_trace, make_record, split_trace, view, views
 from factories import add_job, add_measurement, add_task, add_worker, add_workload
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from tvm.s_tir import meta_schedule as ms
 
@@ -28,7 +28,8 @@ from common.protocol import CandidateResult
 from common.tvm_json import args_info_json, trace_to_json, workload_hash, workload_to_json
 from db import adhoc_runs, queue, ranking
 from db.engine import session_scope
-from db.models import Workload
+from db.confirmation import ConfirmPolicy
+from db.models import Candidate, Workload
 from db.ms_database import SqlDatabase
 from tunehub.metaschedule import Database
 
@@ -130,7 +131,10 @@ def test_flagged_only_agrees_where_the_policy_has_nothing_to_reorder(
 
 
 def test_adhoc_runs_are_not_fleet_records(session_factory: sessionmaker[Session], tmp_path: Path, matmul: Any) -> None:
-    """A user's script measuring the unscheduled module on the fleet (``FleetRunner``) adds no record to the view."""
+    """A user's script measuring the unscheduled module on the fleet (``FleetRunner``) adds no record to the view.
+
+    Nor is its fast result sent for confirmation (``db.confirmation``): it is no record, so it is never served.
+    """
     rows = [(2, [3.0e-3], False), (4, [1.0e-3], False)]
     fleet, flagged = _fleet(session_factory, matmul, rows)
     with session_scope(session_factory) as s:
@@ -142,10 +146,13 @@ def test_adhoc_runs_are_not_fleet_records(session_factory: sessionmaker[Session]
         worker = add_worker(s, target_key=key, name="adhoc-worker")
         lease, leased = queue.lease_candidates(s, worker_id=worker.id, target_key=key, max_count=8, ttl_s=60)
         assert lease is not None and sorted(c.id for c in leased) == sorted(cids)
-        queue.complete(s, lease_id=lease.id, worker_id=worker.id, results=[
+        queue.complete(s, lease_id=lease.id, worker_id=worker.id, confirm=ConfirmPolicy(), results=[
             CandidateResult(candidate_id=cids[0], run_secs=[1e-5]),
             CandidateResult(candidate_id=cids[1], error="RuntimeError: crashed"),
         ])
+        # faster than anything, with a peer worker on the key: still not re-measured, it can never be served
+        assert s.scalar(select(func.count()).select_from(Candidate).where(
+            Candidate.confirms_measurement_id.is_not(None))) == 0
         adhoc_runs.close_run(s, job_id=job_id)
         assert [r.run_secs for r in adhoc_runs.run_results(s, candidate_ids=cids)] == [[1e-5], None]
         wid = s.scalar(select(Workload.id).where(Workload.shash == workload_hash(matmul)))
