@@ -198,6 +198,9 @@ class WorkerRegister(BaseModel):
     hardware: dict[str, Any] = Field(default_factory=dict, description="Free-form: cpu, cores, gpu, os...")
     target: TargetJSON
     calibration: Calibration | None = None
+    emulated: bool = Field(
+        False, description="Runs under emulation (e.g. qemu-user): its timings never rank as best for the target."
+    )
 
 
 class WorkerPublic(BaseModel):
@@ -208,6 +211,7 @@ class WorkerPublic(BaseModel):
     calibration: Calibration | None = Field(None, description="As the worker last reported it.")
     suspect: bool = Field(False, description="One of its winners was re-measured elsewhere and disagreed.")
     suspect_reason: str | None = None
+    emulated: bool = Field(False, description="Its timings come from emulation and never rank as best.")
 
 
 class LeaseRequest(BaseModel):

@@ -70,6 +70,7 @@ def _has_peer(session: Session, *, worker_id: int, target_key: str, policy: Conf
             Worker.target_key == target_key,
             Worker.id != worker_id,
             Worker.suspect_reason.is_(None),
+            Worker.emulated.is_(False),  # an emulated time cannot confirm a real one
             Worker.last_seen_at >= since,
         )
         .limit(1)

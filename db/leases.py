@@ -36,7 +36,7 @@ def lease_batch(session: Session, *, worker: WorkerRecord, max_count: int, ttl_s
         max_count=max_count,
         ttl_s=ttl_s,
         seen_at=worker.last_seen_at,
-        confirmer=worker.suspect_reason is None,
+        confirmer=worker.suspect_reason is None and not worker.emulated,  # emulated times confirm nothing
     )
     target = worker.target
     if lease is None:

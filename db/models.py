@@ -127,6 +127,8 @@ class Worker(Base):
     last_seen_at: Mapped[datetime]
     calibration_json: Mapped[str | None] = mapped_column(Text)  # common.protocol.Calibration, as last reported
     suspect_reason: Mapped[str | None] = mapped_column(Text)  # set when one of its winners failed confirmation
+    # Under emulation (qemu-user): its measurements prove the path but never rank (db.ranking).
+    emulated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Lease(Base):

@@ -22,6 +22,9 @@ Policy (every "best" in tunehub goes through here: config downloads,
 - **settled before pending**: a result awaiting confirmation ranks after every
   settled one of its workload, so an unconfirmed fast claim is not served while
   anything else is known (and is served, unconfirmed, when nothing else is);
+- **not emulated**: a result timed by a worker under emulation (``Worker.emulated``,
+  an aarch64 worker on qemu-user) proves the path but its time says nothing about
+  the hardware, so it never counts;
 - then by mean seconds, fastest first; ties by measurement id (the older wins),
   so the same database always gives the same answer.
 
@@ -48,6 +51,7 @@ from common.protocol import JobStatus
 from db.confirmation import Confirmation, not_rejected
 from db.models import Candidate, Job, Measurement, Task, Workload
 from db.records import BestRecord
+from db.workers import emulated_worker_ids
 
 FAILED_STUB_SECS = 1e10
 """MetaSchedule's ``kMaxMeanTime``: the run time a failed run is reported as."""
@@ -104,6 +108,7 @@ def valid_measurement() -> ColumnElement[bool]:
         has_schedule_instruction(),
         Candidate.confirms_measurement_id.is_(None),
         not_rejected(),
+        Measurement.worker_id.not_in(emulated_worker_ids()),
     )
 
 

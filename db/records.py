@@ -55,3 +55,4 @@ class WorkerRecord:
     last_seen_at: datetime
     calibration: Calibration | None
     suspect_reason: str | None = None  # one of its winners failed confirmation (db.confirmation)
+    emulated: bool = False  # timings from emulation: stored, never ranked (db.ranking)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Candidate, Measurement, Worker, Workload
 from db.ranking import ranked_measurements
+from db.workers import emulated_worker_ids
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,15 @@ class TrainingRow:
 def training_rows(
     session: Session, *, target_key: str, after_id: int = 0, upto_id: int | None = None, limit: int = 50_000
 ) -> list[TrainingRow]:
-    """Unflagged measurements of the key with ``after_id < id <= upto_id``: the newest ``limit``, oldest first."""
+    """Unflagged measurements of the key with ``after_id < id <= upto_id``: the newest ``limit``, oldest first.
+
+    Emulated workers' measurements are left out: an emulated time teaches nothing about the hardware.
+    """
     query = (
         select(Measurement.id, Measurement.workload_id, Measurement.mean_secs, Candidate.trace_json)
         .join(Candidate, Candidate.id == Measurement.candidate_id)
-        .where(Measurement.target_key == target_key, Measurement.id > after_id, Measurement.flagged.is_(False))
+        .where(Measurement.target_key == target_key, Measurement.id > after_id, Measurement.flagged.is_(False),
+               Measurement.worker_id.not_in(emulated_worker_ids()))
         .order_by(Measurement.id.desc())
         .limit(limit)
     )

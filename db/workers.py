@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from common.errors import NotFound
@@ -27,13 +27,15 @@ def register_worker(
     hardware: dict[str, Any],
     target_json: dict[str, Any] | str,
     target_key: str,
+    emulated: bool = False,
 ) -> WorkerRecord:
     """Register a worker, or return it again when it restarts.
 
     A daemon registers at every start; (name, token, target key) identifies it,
     so a restart keeps its id and its leases instead of adding a row each time.
     The same name serving another target is another worker: its measurements
-    compare with a different key.
+    compare with a different key. ``emulated`` is what the worker says at this
+    registration (a restart under other conditions updates it).
     """
     now = db_now(session)
     text = target_json if isinstance(target_json, str) else json.dumps(target_json, sort_keys=True)
@@ -48,9 +50,16 @@ def register_worker(
         session.add(row)
     row.hardware_json = json.dumps(hardware, sort_keys=True)
     row.target_json = text
+    row.emulated = emulated
     row.last_seen_at = now
     session.flush()
     return _record(row)
+
+
+def emulated_worker_ids() -> Select[tuple[int]]:
+    """SQL: the ids of workers under emulation, whose timings are stored but never used as times
+    (not ranked, not cost-model labels)."""
+    return select(Worker.id).where(Worker.emulated.is_(True))
 
 
 def get_worker(session: Session, *, worker_id: int) -> WorkerRecord:
@@ -73,6 +82,7 @@ def _record(row: Worker) -> WorkerRecord:
         last_seen_at=as_utc(row.last_seen_at),
         calibration=calibration,
         suspect_reason=row.suspect_reason,
+        emulated=bool(row.emulated),
     )
 
 
@@ -88,7 +98,7 @@ def worker_public(worker: WorkerRecord) -> WorkerPublic:
     return WorkerPublic(
         id=worker.id, name=worker.name, target=worker.target, target_key=worker.target_key,
         calibration=worker.calibration, suspect=worker.suspect_reason is not None,
-        suspect_reason=worker.suspect_reason,
+        suspect_reason=worker.suspect_reason, emulated=worker.emulated,
     )
 
 

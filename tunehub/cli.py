@@ -146,6 +146,9 @@ def worker(
     pin: Annotated[Optional[bool], typer.Option("--pin/--no-pin", help="Pin measuring threads to cores.")] = None,
     calibrate_every_s: Annotated[Optional[float], typer.Option(help="Re-calibrate before a batch this often; 0: off.")] = None,
     cuda_compiler: Annotated[Optional[str], typer.Option(help="auto, nvcc or nvrtc.")] = None,
+    emulated: Annotated[
+        bool, typer.Option("--emulated", help="Mark timings as emulated (kept out of best) where detection misses it.")
+    ] = False,
 ) -> None:
     """Serve as a measuring worker: lease candidates, build, check, time, report.
 
@@ -171,6 +174,8 @@ def worker(
             cpus=cpu_list,
             cuda_compiler=cuda_compiler or settings.worker_cuda_compiler,
         )
+        for plan in plans if emulated else []:
+            plan.hardware.setdefault("emulated", "--emulated")
         options = WorkerOptions.from_settings(
             settings,
             max_candidates=max_candidates,

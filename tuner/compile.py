@@ -2,7 +2,8 @@
 
 The pipeline is ``ms.relax_integration.compile_relax``'s (TVM's fusion passes,
 then ``MetaScheduleApplyDatabase`` swaps in the tuned schedule of each fused
-function found in the database), plus a CPU fallback that TVM 0.27 lacks: there
+function found in the database), with CPU weights packed at compile time for the
+kernels that tiled them (:func:`prepack_weights`), plus a CPU fallback that TVM 0.27 lacks: there
 ``compile_relax`` schedules leftovers only for GPU targets, so on CPU a function
 missing from the database stayed plain serial loops (no parallel, no vectorize,
 no tiling). Here a function without a valid tuned record gets a default
@@ -122,8 +123,32 @@ def _counting_database(inner: Any) -> Any:
     return CountingDatabase(inner)
 
 
-def _build(database: Any, mod: Any, target: Any, fallback: Fallback, counts: dict[str, int]) -> Any:
-    """``compile_relax`` (TVM 0.27) with the default-schedule fallback after the database lookup."""
+def prepack_weights(mod: Any) -> Any:
+    """Pack each layout-rewritten weight once, at compile time.
+
+    A tuned CPU kernel may read a weight in a tiled layout of its own
+    (MetaSchedule's ``RewriteLayout``, enabled by the mark
+    :func:`tuner.intake.fuse_for_tuning` attaches). ``SplitLayoutRewritePreproc``
+    moves the packing out of the kernel into a function of its own, and because
+    the model's weights are constants, ``FoldConstant`` runs it here: the
+    deployed model carries packed weights and the kernel never repacks them.
+    The kernel is renamed ``<name>_prepacked``.
+    """
+    import tvm
+    from tvm import relax
+
+    passes = [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
+              relax.transform.DeadCodeElimination()]  # the packing functions, now run, are unused
+    return tvm.transform.Sequential(passes)(mod)
+
+
+def build_relax(database: Any, mod: Any, target: Any, fallback: Fallback, counts: dict[str, int]) -> Any:
+    """Build a Relax module with ``database``'s tuned schedules, the ``fallback`` for the rest, weights packed.
+
+    Fusion (:func:`tuner.intake.fuse_for_tuning`), ``MetaScheduleApplyDatabase``,
+    the default-schedule fallback, :func:`prepack_weights`, then TVM's lowering
+    passes for the target. ``counts`` gets the schedules chosen per kind.
+    """
     import tvm
     from tvm import relax
     from tvm.relax import pipeline as relax_pipeline
@@ -143,7 +168,7 @@ def _build(database: Any, mod: Any, target: Any, fallback: Fallback, counts: dic
     def _pipeline(mod: Any, _ctx: Any) -> Any:
         fused = fuse_for_tuning(mod, target)
         applied = MetaScheduleApplyDatabase(enable_warning=False)(fused)
-        mod = schedule_functions(fused, applied, target, fallback, counts)
+        mod = prepack_weights(schedule_functions(fused, applied, target, fallback, counts))
         return tvm.transform.Sequential(lower)(mod)
 
     with target, database, tvm.transform.PassContext(opt_level=3):
@@ -170,7 +195,7 @@ def compile_model_stats(
     counts: dict[str, int] = {}
     start = time.perf_counter()
     try:
-        exe = _build(database, mod, tgt, fallback, counts)
+        exe = build_relax(database, mod, tgt, fallback, counts)
     except Exception as exc:  # noqa: BLE001
         raise TunehubError(f"TVM failed to compile the model: {str(exc).strip()[:2000]}") from None
     return CompiledModel(

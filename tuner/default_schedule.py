@@ -5,8 +5,8 @@ CPU they stay the serial loops of ``LegalizeOps``. Default candidates for one
 function (:func:`default_candidates`): MetaSchedule's own design space for the
 target (multi-level tiling, auto-inline, parallel/vectorize/unroll), sampled
 with fixed seeds so a compile is reproducible and finished by the postprocessors
-a tuned candidate gets (minus ``RewriteLayout``, which would change the weight
-layout the Relax caller passes in); then DLight's CPU rules (``GEMV``,
+a tuned candidate gets (``RewriteLayout`` included: the compile step packs the
+weights, :func:`tuner.compile.prepack_weights`); then DLight's CPU rules (``GEMV``,
 ``Reduction``). :class:`Fallback` says how :func:`schedule_functions` picks:
 ``MEASURED`` times the tuned record, the defaults and the naive loops of each
 function alone and keeps the fastest, so neither a bad tuned record nor a
@@ -51,9 +51,8 @@ def _design_space_schedule(func: Any, target: Target, seed: int) -> Any | None:
         num_threads=1,
         rand_state=seed,
     )
-    postprocs = [p for p in ctx.space_generator.postprocs if type(p).__name__ != "RewriteLayout"]
     for sch in ctx.generate_design_space():
-        if all(p.apply(sch) for p in postprocs):
+        if all(p.apply(sch) for p in ctx.space_generator.postprocs):
             return sch
     return None
 
@@ -104,17 +103,24 @@ def default_candidates(func: Any, target: Target, seeds: int = 1) -> list[tuple[
 
 
 def time_function(func: Any, target: Target, number: int = 5, repeat: int = 3) -> float:
-    """Median seconds of one call of ``func`` on random inputs (built alone for ``target``)."""
+    """Median seconds of one call of ``func`` on random inputs (built alone for ``target``).
+
+    Timed as it runs once deployed: a weight the schedule packs is passed packed
+    (the compile step packs it once), as MetaSchedule's builder times candidates.
+    """
     import numpy as np
     import tvm
     from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    lib = tvm.tirx.build(mod, target=target)
     dev = tvm.cpu(0) if target.kind.name == "llvm" else tvm.device(target.kind.name, 0)
     rng = np.random.default_rng(0)
     args = [
         tvm.runtime.tensor(rng.uniform(0, 1, [int(d) for d in a.shape]).astype(str(a.dtype)), dev)
-        for a in ms.arg_info.ArgInfo.from_prim_func(func)
+        for a in ms.arg_info.ArgInfo.from_prim_func(mod["main"])
     ]
     return float(lib.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=5)(*args).median)
 

@@ -1,13 +1,13 @@
 """Model intake: ONNX bytes → checked inputs → Relax module → tuning workloads.
 
 The workloads are the fused TIR PrimFuncs that MetaSchedule tunes, keyed by the
-structural hash that ``ms.relax_integration.compile_relax`` later looks up in a
-database. For those keys to match, :func:`fuse_for_tuning` runs exactly the
-fusion passes ``compile_relax`` runs before ``MetaScheduleApplyDatabase``
-(TVM 0.27, ``relax_integration.py``): the target's library-dispatch passes, then
-LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR, under
-``with target, PassContext(opt_level=3)``. ``tests/tuner/test_intake.py`` checks
-the match against ``compile_relax`` itself.
+structural hash that the compile step (:func:`tuner.compile.build_relax`) later
+looks up in a database. For those keys to match, both run :func:`fuse_for_tuning`:
+the fusion passes ``ms.relax_integration.compile_relax`` runs before
+``MetaScheduleApplyDatabase`` (TVM 0.27: the target's library-dispatch passes,
+LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR, under ``with
+target, PassContext(opt_level=3)``), plus the layout-free mark on CPU weights.
+``tests/tuner/test_intake.py`` checks the match against the compile step itself.
 
 Every problem with the uploaded model is a :class:`common.errors.BadInput`
 whose message says what is wrong and, where it can, what to do. The model is
@@ -234,7 +234,14 @@ def as_target(target: Mapping[str, Any] | Any) -> Any:
 
 
 def fuse_for_tuning(mod: IRModule, target: Mapping[str, Any] | Any) -> IRModule:
-    """Run the fusion half of ``compile_relax``'s pipeline, so task hashes match its lookups."""
+    """Run the fusion half of the compile pipeline, so task hashes match its lookups.
+
+    On CPU the weights (constants) are marked layout-free first, as TVM's
+    ``static_shape_tuning_pipeline(cpu_weight_prepack=True)`` does: MetaSchedule's
+    ``RewriteLayout`` then tiles each weight for its kernel and the compile step
+    packs it once (:func:`tuner.compile.prepack_weights`) instead of every call
+    reading the ONNX layout. The mark is part of each task's structural hash.
+    """
     import tvm
     from tvm import relax
     from tvm.relax import pipeline as relax_pipeline
@@ -253,7 +260,48 @@ def fuse_for_tuning(mod: IRModule, target: Mapping[str, Any] | Any) -> IRModule:
         relax.transform.FuseTIR(),
     ]
     with tgt, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(passes)(mod)
+        fused = tvm.transform.Sequential(passes)(mod)
+    return mark_layout_free_weights(fused) if tgt.kind.name == "llvm" else fused
+
+
+def _constant_arguments(mod: IRModule) -> dict[Any, set[int]]:
+    """For each PrimFunc ``call_tir`` calls, the argument positions that are constants at every call."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    found: dict[Any, set[int]] = {}
+
+    @relax.expr_functor.visitor
+    class _Calls(relax.PyExprVisitor):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> None:
+            if call.op.same_as(call_tir) and isinstance(call.args[1], relax.Tuple):
+                consts = {i for i, a in enumerate(call.args[1].fields) if isinstance(a, tvm.ir.expr.Constant)}
+                gvar = call.args[0]
+                found[gvar] = found[gvar] & consts if gvar in found else consts
+            super().visit_call_(call)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            _Calls().visit_expr(func)
+    return found
+
+
+def mark_layout_free_weights(mod: IRModule) -> IRModule:
+    """Mark each PrimFunc's constant (weight) arguments ``layout_free_buffers``, names kept.
+
+    What TVM's ``AttachAttrLayoutFreeBuffers`` attaches, without its renaming of
+    every function (``fused_conv2d_add_relu`` → ``…_relu1``), so task names stay
+    those of the fused model; the functions are structurally equal to TVM's, so
+    records tuned with ``static_shape_tuning_pipeline(cpu_weight_prepack=True)``
+    match. A function also called with a non-constant argument in that position
+    is not marked there. Changes ``mod`` in place.
+    """
+    for gvar, positions in _constant_arguments(mod).items():
+        func = mod[gvar]
+        if "layout_free_buffers" not in (func.attrs or {}):
+            mod[gvar] = func.with_attr("layout_free_buffers", sorted(positions))
+    return mod
 
 
 def _flops(mod: IRModule) -> float | None:

@@ -190,11 +190,15 @@ class WorkerDaemon:
     # --- service calls ----------------------------------------------------------------
 
     def _register(self) -> None:
+        # Under emulation (detect_hardware's "emulated", or the CLI's --emulated) the service
+        # stores the timings but never ranks them as best for the target.
+        self.hardware = self.hardware or detect_hardware()
         body = WorkerRegister(
             name=self.name,
-            hardware=self.hardware or detect_hardware(),
+            hardware=self.hardware,
             target=self.target,
             calibration=self.measurer.calibration if self.measurer.calibrator.samples else None,
+            emulated=bool(self.hardware.get("emulated")),
         )
         worker = self.api.register(body)
         self._sent_calibration = body.calibration

@@ -15,6 +15,10 @@ The target is what measurements are keyed by, so it must name the real hardware:
   (``nvidia-smi --query-gpu=compute_cap``, or the CUDA driver where nvidia-smi is
   too old), plus the per-block limits MetaSchedule's CUDA rules need.
 
+A process under user-mode emulation (qemu-user running an aarch64 worker on an
+x86 host) detects the guest's architecture correctly but its timings say nothing
+about real hardware; ``detect_emulation`` finds it so the worker can say so.
+
 The parsers are pure functions of text so they can be tested on any machine.
 (Over 400 lines: CPU, ARM and GPU detection share their parsing helpers and one vocabulary.)
 """
@@ -195,6 +199,38 @@ def runs_here(target: dict[str, Any]) -> bool:
         return True  # the GPU is checked separately
     arch = target_arch(target)
     return arch is None or arch == host_arch()
+
+
+# --- emulation -------------------------------------------------------------------
+
+X86_CPUINFO_FIELDS = ("vendor_id", "flags")  # fields only an x86 kernel's /proc/cpuinfo has
+
+
+def emulation_from(*, machine: str, cpuinfo: str, comm: str) -> str | None:
+    """Why a process looks emulated, or None: pure, from ``uname -m``, ``/proc/cpuinfo``
+    and ``/proc/self/comm``.
+
+    qemu-user passes the host's ``/proc/cpuinfo`` through (an aarch64 process that
+    reads an x86 CPU's fields is not on an aarch64 CPU), and without binfmt_misc the
+    kernel names the process after the emulator (``qemu-aarch64-st``).
+    """
+    name = comm.strip()
+    if name.startswith("qemu-"):
+        return f"process runs under {name} (user-mode emulation)"
+    fields = parse_cpuinfo(cpuinfo)
+    if machine.lower() in ("aarch64", "arm64") and any(f in fields for f in X86_CPUINFO_FIELDS):
+        return f"{machine} process on a CPU whose /proc/cpuinfo is x86 ({fields.get('model name', 'unknown')})"
+    return None
+
+
+def detect_emulation() -> str | None:
+    """Why this process is emulated (qemu-user and the like), or None on real hardware."""
+    try:
+        with open("/proc/self/comm", encoding="utf-8", errors="replace") as f:
+            comm = f.read()
+    except OSError:
+        comm = ""
+    return emulation_from(machine=platform.machine(), cpuinfo=_read_cpuinfo(), comm=comm)
 
 
 # --- NVIDIA GPUs ------------------------------------------------------------------
@@ -408,7 +444,11 @@ def _cpu_model(cpuinfo: str | None = None) -> str:
 
 
 def detect_hardware(gpu: GpuInfo | None = None) -> dict[str, Any]:
-    """A free-form description sent at registration (shown to users, not keyed on)."""
+    """A free-form description sent at registration (shown to users, not keyed on).
+
+    ``emulated`` (why) is present only under emulation; the daemon turns it into
+    the registration's ``emulated`` flag.
+    """
     import tvm
 
     hw: dict[str, Any] = {
@@ -427,4 +467,7 @@ def detect_hardware(gpu: GpuInfo | None = None) -> dict[str, Any]:
             "uuid": gpu.uuid,
             "memory_mib": gpu.memory_mib,
         }
+    emulated = detect_emulation()
+    if emulated:
+        hw["emulated"] = emulated
     return hw

@@ -6,6 +6,13 @@ retried up to ``retries`` times, each after waiting (at most ``quiet_wait_s``)
 for the CPUs to go quiet; the least disturbed attempt is kept. A tuner sharing
 the machine would otherwise make good schedules look several times slower.
 
+Load that outlasts a whole quiet wait is taken as the machine's state, not a
+moment: for ``busy_hold_s`` after such a wait, disturbed attempts are kept as
+they are (no more waits, no retries), so a worker on a laptop that is always
+busy measures at full speed with its results marked disturbed, instead of
+spending ``retries × quiet_wait_s`` on every candidate. The first quiet window
+seen, or the hold running out, restores the waits.
+
 The CPU-load source and the clock are injected so the policy can be tested with
 a scripted load; the defaults read /proc/stat (``CpuLoad``) and ``time.monotonic``.
 """
@@ -60,6 +67,7 @@ class InterferencePolicy:
         load: LoadSource | None = None,
         clock: Clock = time.monotonic,
         poll_s: float = 0.2,
+        busy_hold_s: float = 120.0,
     ) -> None:
         self.tolerance = tolerance
         self.retries = max(0, int(retries))
@@ -67,6 +75,13 @@ class InterferencePolicy:
         self.load: LoadSource = load or ProcStatLoad()
         self.clock = clock
         self.poll_s = poll_s
+        self.busy_hold_s = busy_hold_s
+        self._busy_until: float | None = None  # clock time until which waiting is skipped
+
+    @property
+    def persistently_busy(self) -> bool:
+        """Whether the last quiet wait timed out less than ``busy_hold_s`` ago (and none has succeeded since)."""
+        return self._busy_until is not None and self.clock() < self._busy_until
 
     def disturbed(self, others_busy: float | None) -> bool:
         return others_busy is not None and others_busy > self.tolerance
@@ -78,8 +93,10 @@ class InterferencePolicy:
         while not stop.is_set():
             others = self.load(self.poll_s, stop)
             if others is None or others <= self.tolerance:
+                self._busy_until = None
                 return True
             if self.clock() >= deadline:
+                self._busy_until = self.clock() + self.busy_hold_s
                 return False
         return False
 
@@ -89,10 +106,11 @@ class InterferencePolicy:
     def least_disturbed(self, attempt: Attempt, stop: threading.Event) -> Reply | None:
         """Run ``attempt(False)``; while the kept result is disturbed, wait for quiet and run
         ``attempt(True)``, up to ``retries`` times. Returns the least disturbed successful
-        attempt (a failed first attempt as it is), or None once an attempt is interrupted."""
+        attempt (a failed first attempt as it is), or None once an attempt is interrupted.
+        While :attr:`persistently_busy`, the first attempt is kept as it is."""
         kept = attempt(False)
         for _ in range(self.retries):
-            if kept is None or not self.disturbed_reply(kept):
+            if kept is None or not self.disturbed_reply(kept) or self.persistently_busy:
                 break
             self.wait_quiet(stop)
             again = attempt(True)

@@ -24,6 +24,7 @@ def register_worker(body: WorkerRegister, session: SessionDep, token: WorkerToke
         hardware=body.hardware,
         target_json=target_json,
         target_key=target_key,
+        emulated=body.emulated,
     )
     if body.calibration is not None:
         workers.set_worker_calibration(session, worker_id=worker.id, calibration=body.calibration)

@@ -129,3 +129,42 @@ def _same_body(func: Any, body: Any) -> bool:
     import tvm_ffi
 
     return bool(tvm_ffi.structural_equal(func.body, body))
+
+
+def _arg_shape(func: Any, index: int) -> list[int]:
+    from tvm.s_tir import meta_schedule as ms
+
+    return [int(d) for d in ms.arg_info.ArgInfo.from_prim_func(func)[index].as_json()[2]]
+
+
+def _has_layout_rewrite(func: Any) -> bool:
+    return "meta_schedule.layout_rewrite_preproc" in func.script()
+
+
+def test_packed_weights_are_packed_once_at_compile_time(convnet_bytes: bytes, cpu_target: dict[str, Any]) -> None:
+    """A conv schedule that tiles its weight (``RewriteLayout``) gets the weight packed by the compile step."""
+    import tvm
+    from tvm import relax
+
+    from tuner.compile import prepack_weights
+    from tuner.intake import as_target
+
+    target = as_target(cpu_target)
+    fused = _fused(convnet_bytes, cpu_target)
+    conv = _conv_name(fused)
+    scheduled = schedule_functions(fused, _fused(convnet_bytes, cpu_target), target, Fallback.DEFAULT, {})
+    assert _has_layout_rewrite(scheduled[conv])  # the kernel would repack its weight on every call
+    weight_shape = _arg_shape(fused[conv], 1)
+
+    with target, tvm.transform.PassContext(opt_level=3):
+        packed = prepack_weights(scheduled)
+    functions = {g.name_hint: f for g, f in packed.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert not any(_has_layout_rewrite(f) for f in functions.values())
+    assert not any("weight_prepack" in name for name in functions)  # run at compile time, then dropped
+    kernel = packed[f"{conv}_prepacked"]
+    packed_shape = _arg_shape(kernel, 1)
+    assert packed_shape != weight_shape and int(np.prod(packed_shape)) >= int(np.prod(weight_shape))
+    # main passes the conv a constant already in the packed layout: nothing packs at run time
+    text = packed["main"].script(show_meta=False)
+    assert f"{conv}_prepacked, (" in text and "weight_prepack" not in text
+    assert isinstance(packed["main"], relax.Function)

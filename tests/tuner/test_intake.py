@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from common.errors import BadInput, TooLarge, Unavailable
 from common.settings import Settings
 from common.tvm_json import workload_from_json, workload_hash
-from tuner.intake import ExtractedWorkload, extract_workloads, inspect_onnx, onnx_to_relax
+from tuner.intake import ExtractedWorkload, as_target, extract_workloads, fuse_for_tuning, inspect_onnx, onnx_to_relax
 from tuner.intake_checks import IntakeLimits
 from tuner.intake_sandbox import extract_in_sandbox, inspect_in_sandbox, intake_slots
 
@@ -75,10 +75,10 @@ def test_extract_examples(mlp_bytes: bytes, convnet_bytes: bytes, cpu_target: di
     assert [w.shash for w in extract_workloads(mlp_bytes, None, cpu_target)] == [w.shash for w in mlp]
 
 
-def test_hashes_are_what_compile_relax_looks_up(
+def test_hashes_are_what_the_compile_step_looks_up(
     mlp_bytes: bytes, convnet_bytes: bytes, cpu_target: dict[str, Any]
 ) -> None:
-    """The fused functions compile_relax queries are exactly the extracted workloads."""
+    """The fused functions the compile step queries are exactly the extracted workloads."""
     import tvm_ffi
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -111,9 +111,12 @@ def test_hashes_are_what_compile_relax_looks_up(
 
     from tvm.target import Target
 
+    from tuner.compile import build_relax
+    from tuner.default_schedule import Fallback
+
     for content in (mlp_bytes, convnet_bytes):
         database = RecordingDatabase()
-        ms.relax_integration.compile_relax(database, onnx_to_relax(content), Target(cpu_target), params=None)
+        build_relax(database, onnx_to_relax(content), Target(cpu_target), Fallback.NAIVE, {})
         assert sorted(database.queried) == sorted(w.shash for w in extract_workloads(content, None, cpu_target))
 
 
@@ -321,3 +324,31 @@ def test_the_sandbox_runs_a_bounded_number_at_once(mlp_bytes: bytes) -> None:
     finally:
         slots.release()
     assert inspect_in_sandbox(mlp_bytes, None, Settings(intake_concurrency=1)).shapes == {"x": [8, 64]}
+
+
+def test_weights_marked_layout_free_as_tvm_prepack_pipeline_does(convnet_bytes: bytes, cpu_target: dict[str, Any]) -> None:
+    """CPU tasks carry the weights' layout-free mark, structurally what TVM's own pass attaches, names kept."""
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+    from tvm.relax import pipeline as relax_pipeline
+
+    target = as_target(cpu_target)
+    mod = onnx_to_relax(convnet_bytes)
+    ours = fuse_for_tuning(mod, target)
+    passes = [*relax_pipeline.library_dispatch_passes(target), relax.transform.LegalizeOps(),
+              relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
+              relax.transform.FuseTIR(), relax.transform.AttachAttrLayoutFreeBuffers()]
+    with target, tvm.transform.PassContext(opt_level=3):
+        theirs = tvm.transform.Sequential(passes)(mod)
+
+    def prim_funcs(m: Any) -> dict[str, Any]:
+        return {g.name_hint: f for g, f in m.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+    assert set(prim_funcs(ours)) == CONVNET_TASKS  # TVM's pass renames every function; ours keeps the names
+    hashes = sorted(tvm_ffi.structural_hash(f) for f in prim_funcs(ours).values())
+    assert hashes == sorted(tvm_ffi.structural_hash(f) for f in prim_funcs(theirs).values())
+    conv = prim_funcs(ours)["fused_conv2d_add_relu"]
+    assert list(conv.attrs["layout_free_buffers"]) == [1, 2]  # the weight and the bias, not the input
+    cuda = fuse_for_tuning(mod, as_target({"kind": "cuda", "arch": "sm_80"}))
+    assert all("layout_free_buffers" not in (f.attrs or {}) for f in prim_funcs(cuda).values())

@@ -56,12 +56,41 @@ def test_busy_then_quiet_waits_for_quiet_and_keeps_the_clean_retry() -> None:
 
 
 def test_always_busy_gives_up_after_the_retries_and_keeps_the_least_disturbed() -> None:
-    policy, load = _policy([0.9], retries=2, quiet_wait_s=1.0)
-    runner = ScriptedRunner([_timed(0.6), _timed(0.5), _timed(0.9)])
+    policy, load = _policy([0.9, 0.9, 0.9, 0.9, 0.9, 0.1], retries=3, quiet_wait_s=1.0)
+    policy.busy_hold_s = 0.0  # every wait is a fresh look
+    runner = ScriptedRunner([_timed(0.6), _timed(0.5), _timed(0.9), _timed(0.7)])
     kept = policy.least_disturbed(runner, threading.Event())
     assert kept == _timed(0.5) and policy.disturbed_reply(kept)
-    assert len(runner.agains) == 3
-    assert load.calls == 2 * 5  # each quiet wait ends at its deadline (1 s of 0.2 s windows)
+    assert len(runner.agains) == 4
+    assert load.calls == 5 + 1 + 1  # the first wait ends at its deadline (1 s of 0.2 s windows), then quiet at once
+
+
+def test_persistent_load_stops_the_waiting_until_the_hold_runs_out() -> None:
+    """On a machine that stays busy, one timed-out wait is enough: the next candidates are kept at once."""
+    policy, load = _policy([0.9], retries=2, quiet_wait_s=1.0)
+    policy.busy_hold_s = 60.0
+    first = ScriptedRunner([_timed(0.6), _timed(0.5), _timed(0.9)])
+    assert policy.least_disturbed(first, threading.Event()) == _timed(0.5)
+    assert first.agains == [False, True] and load.calls == 5  # one wait to its deadline, one retry, then the hold
+    assert policy.persistently_busy
+    for _ in range(10):  # the rest of a batch: no waits, no retries, results kept (and marked) as they are
+        runner = ScriptedRunner([_timed(0.8), _timed(0.1)])
+        kept = policy.least_disturbed(runner, threading.Event())
+        assert kept == _timed(0.8) and policy.disturbed_reply(kept) and runner.agains == [False]
+    assert load.calls == 5
+    load.clock.now += 61.0  # the hold runs out: waiting for quiet is worth a try again
+    assert not policy.persistently_busy
+    again = ScriptedRunner([_timed(0.8), _timed(0.7)])
+    policy.least_disturbed(again, threading.Event())
+    assert again.agains == [False, True] and load.calls == 10
+
+
+def test_a_quiet_window_ends_the_hold() -> None:
+    policy, load = _policy([0.9, 0.9, 0.9, 0.9, 0.9, 0.0], retries=1, quiet_wait_s=1.0)
+    assert policy.wait_quiet(threading.Event()) is False and policy.persistently_busy
+    assert policy.wait_quiet(threading.Event()) is True and not policy.persistently_busy
+    runner = ScriptedRunner([_timed(0.8), _timed(0.05)])
+    assert policy.least_disturbed(runner, threading.Event()) == _timed(0.05)  # retries are back
 
 
 def test_failures_and_interruptions_are_not_retried() -> None:
