@@ -30,10 +30,11 @@ Policy (every "best" in tunehub goes through here: config downloads,
 
 Beside a ``JSONDatabase`` holding the same records, ``SqlDatabase.get_top_k``
 keeps and drops the same ones and orders them the same (mean seconds, then
-commit order), except for the two tiers TVM has no notion of: flagged, and
-pending confirmation, each after the rest. Records users commit through
-``tunehub.metaschedule.Database`` live apart (``db.user_records``) and never
-enter this ranking; they apply the same ``is_valid_record`` to themselves.
+commit order), except where TVM has no notion of the fact: flagged and pending
+results rank after the rest, and emulated workers' results are left out.
+Records users commit through ``tunehub.metaschedule.Database`` live apart
+(``db.user_records``) and never enter this ranking; they apply the same
+``is_valid_record`` to themselves.
 
 Functions are keyword-only, take the caller's session and return frozen records.
 """
