@@ -7,6 +7,11 @@ measure it exactly as any other candidate. The candidates hang off an "adhoc"
 job: ``running`` with its tuner heartbeat set far ahead, so no tuner ever claims
 it, and a placeholder model (jobs need one). ``close_run`` ends the job and
 withdraws what was not measured.
+
+Their results are kept apart from the fleet's tuning records: the empty trace
+fails ``TuningRecord::IsValid``, so ``db.ranking`` never serves one as a best,
+and ``adhoc_candidate`` lets the fleet's MetaSchedule view (``SqlDatabase``)
+leave them out of its record listing and count.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from common.protocol import CandidateState, JobStatus
 from db.engine import db_now
 from db.jobs import create_job
-from db.models import Candidate, Job, Model
+from db.models import Candidate, Job, Model, Task
 from db.queue import cancel_candidates, enqueue_candidates, measurements_for
 from db.workloads import upsert_workloads
 
@@ -31,6 +36,11 @@ ADHOC_OWNER = "adhoc"
 EMPTY_TRACE = "[[],[]]"
 _ADHOC_MODEL = b"tunehub ad-hoc runs: no model"
 _NEVER_STALE = timedelta(days=365 * 100)
+
+
+def adhoc_candidate() -> ColumnElement[bool]:
+    """True for a ``Candidate`` of an ad-hoc run (its task belongs to an ad-hoc job, open or closed)."""
+    return Candidate.task_id.in_(select(Task.id).join(Job, Job.id == Task.job_id).where(Job.tuner_owner == ADHOC_OWNER))
 
 
 @dataclass(frozen=True)

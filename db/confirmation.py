@@ -82,6 +82,8 @@ def _settled_best(
     session: Session, *, workload_id: int, target_key: str, exclude_candidates: Sequence[int]
 ) -> float | None:
     """The fastest settled (not pending, not refuted), unflagged mean of the workload stored before this report."""
+    from db.ranking import has_schedule_instruction  # db.ranking builds on this module
+
     return session.execute(
         select(func.min(Measurement.mean_secs))
         .join(Candidate, Candidate.id == Measurement.candidate_id)
@@ -92,6 +94,7 @@ def _settled_best(
             Measurement.flagged.is_(False),
             Measurement.candidate_id.not_in(list(exclude_candidates)),
             Candidate.confirms_measurement_id.is_(None),
+            has_schedule_instruction(),
             Measurement.confirmation.is_(None) | (Measurement.confirmation == Confirmation.confirmed.value),
         )
     ).scalar_one_or_none()
@@ -109,6 +112,8 @@ def request_confirmations(
     """
     if not policy.enabled or not candidate_ids:
         return []
+    from db.ranking import has_schedule_instruction  # db.ranking builds on this module
+
     rows = session.execute(
         select(Measurement.id, Measurement.workload_id, Measurement.mean_secs, Candidate.task_id,
                Candidate.trace_json, Candidate.round)
@@ -118,6 +123,7 @@ def request_confirmations(
             Measurement.mean_secs.is_not(None),
             Measurement.flagged.is_(False),
             Candidate.confirms_measurement_id.is_(None),
+            has_schedule_instruction(),  # no tuning record (an ad-hoc run's empty trace) is ever served: no re-measuring
         )
         .order_by(Measurement.workload_id, Measurement.mean_secs, Measurement.id)
     ).all()

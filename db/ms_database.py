@@ -18,12 +18,24 @@ its database: ``GetModuleEquality()`` (the ``module_equality`` given to the
 every ``GenerateMeasureCandidates`` (the measured seeds of the initial
 population). Nothing else: it never commits records (``tune_tir``'s measure
 callback does) and it only remembers what it proposed itself, so resumes are
-deduplicated in ``tuner.search``. ``commit_tuning_record`` is therefore a
-no-op here: the worker's report already stored the measurement.
-``query_tuning_record`` / ``query_schedule`` / ``query_ir_module`` fall back to
-TVM's defaults, which use ``has_workload``, ``commit_workload`` and
-``get_top_k``, so ``ms.tir_integration.compile_tir(SqlDatabase(...), ...)``
-works too.
+deduplicated in ``tuner.search``.
+
+A read-only view: the fleet's records are written by the workers' reports
+(``db.queue.complete``), after the plausibility and confirmation checks, and
+by nothing else, so ``commit_tuning_record`` raises ``TypeError`` naming the
+database that does store commits, ``tunehub.metaschedule.Database`` (a TVM
+user's records, attributed and kept apart from the fleet's). Storing a
+commit here as a user record instead would break TVM's contract the other
+way: it would not be read back by this view, which must show the fleet's
+measurements only. ``read_only`` tells ``tuner.search`` not to feed back what
+the workers already stored. ``query_tuning_record`` / ``query_schedule`` /
+``query_ir_module`` fall back to TVM's defaults, which use ``has_workload``,
+``commit_workload`` and ``get_top_k``, so
+``ms.tir_integration.compile_tir(SqlDatabase(...), ...)`` works too.
+``get_top_k`` is ``db.ranking``'s order (TVM's validity rule and mean order,
+flagged and pending results last); ``get_all_tuning_records`` and ``len``
+cover the fleet's measurements of the key, ad-hoc runs of users' scripts
+(``db.adhoc_runs``) left out.
 
 One instance serves one target key (measurements compare only within a key)
 and any number of workloads. Each method opens its own short session.
@@ -36,7 +48,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -47,9 +59,10 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.database import PyDatabase
 from tvm.target import Target
 
+from db.adhoc_runs import adhoc_candidate
 from db.engine import db_now, session_scope
 from db.models import Candidate, Measurement, Workload
-from db.ranking import ranked_measurements
+from db.ranking import FAILED_STUB_SECS, ranked_measurements
 from common.tvm_json import apply_trace, args_info_json, workload_hash, workload_to_json
 
 log = logging.getLogger(__name__)
@@ -69,8 +82,8 @@ class SqlDatabase(PyDatabase):
     """MetaSchedule records = tunehub measurements ⋈ candidates for one target key.
 
     ``get_top_k`` returns a workload's best measurements by the one ranking
-    policy (``db.ranking``: valid only, unflagged first, then mean seconds);
-    errors never appear there but are listed by
+    policy (``db.ranking``: TVM's validity rule, unflagged and settled first,
+    then mean seconds); errors never appear there but are listed by
     ``get_all_tuning_records`` with ``run_secs=None``.
     """
 
@@ -154,8 +167,15 @@ class SqlDatabase(PyDatabase):
 
     # --- records ----------------------------------------------------------
 
+    read_only: ClassVar[bool] = True
+    """Records come from the workers' reports only; ``commit_tuning_record`` refuses."""
+
     def commit_tuning_record(self, record: Any) -> None:
-        """No-op: measurements are stored by the workers' reports (``db.queue.complete``)."""
+        """Refused: this is the fleet's read-only view (see the module docstring)."""
+        raise TypeError(
+            "db.ms_database.SqlDatabase is the fleet's read-only view: its records are the workers' measurements. "
+            "To commit records from a MetaSchedule script use tunehub.metaschedule.Database(url_or_server, target=...)"
+        )
 
     def _trace(self, candidate_id: int, known: _Known, trace_json: str) -> Any | None:
         with self._lock:
@@ -194,13 +214,17 @@ class SqlDatabase(PyDatabase):
         return [r for r in records if r is not None]
 
     def get_all_tuning_records(self) -> list[Any]:
-        """Every measurement of this target key, errors included (``run_secs=None``); replays every trace."""
+        """Every measurement of this target key, errors included (``run_secs=None``), in ``JSONDatabase``'s order.
+
+        That order is TVM's ``SortTuningRecordByMeanRunSecs`` (mean seconds, 1e10
+        for none), ties in commit order. Replays every trace.
+        """
         with session_scope(self._factory) as session:
             rows = session.execute(
                 select(Measurement.workload_id, Measurement.candidate_id, Candidate.trace_json, Measurement.run_secs_json)
                 .join(Candidate, Candidate.id == Measurement.candidate_id)
-                .where(Measurement.target_key == self._target_key)
-                .order_by(Measurement.id)
+                .where(Measurement.target_key == self._target_key, ~adhoc_candidate())
+                .order_by(func.coalesce(Measurement.mean_secs, FAILED_STUB_SECS), Measurement.id)
             ).all()
         records = [
             self._record(self._by_row(wid), cid, trace_json, [float(s) for s in json.loads(secs)] if secs else None)
@@ -212,7 +236,10 @@ class SqlDatabase(PyDatabase):
         with session_scope(self._factory) as session:
             return int(
                 session.scalar(
-                    select(func.count()).select_from(Measurement).where(Measurement.target_key == self._target_key)
+                    select(func.count())
+                    .select_from(Measurement)
+                    .join(Candidate, Candidate.id == Measurement.candidate_id)
+                    .where(Measurement.target_key == self._target_key, ~adhoc_candidate())
                 )
                 or 0
             )

@@ -3,11 +3,15 @@
 Policy (every "best" in tunehub goes through here: config downloads,
 ``SqlDatabase.get_top_k``, family transfer, 0-trial answers, cost-model labels):
 
-- **valid**: the measurement has run seconds (``run_secs``/``mean_secs`` set),
-  they are not TVM's failed-run stub (MetaSchedule reports a failed run as
-  ``1e10`` s; a mean at or above ``FAILED_STUB_SECS`` is that stub, no kernel
-  runs for 317 years), and its candidate has a trace (not empty text, ``[]`` or
-  ``null``; ``[[],[]]``, the workload as written, is a real schedule and counts);
+- **valid**: exactly MetaSchedule's ``TuningRecord::IsValid`` (TVM 0.27,
+  ``src/s_tir/meta_schedule/database/database.cc``), so the fleet's "best" and
+  a ``JSONDatabase``'s ``get_top_k`` drop the same records: the measurement has
+  run seconds and not every one of them is TVM's failed-run stub (``1e10``;
+  one real run among stubs keeps it, ordered by its mean like any other), and
+  its trace has an instruction before ``EnterPostproc`` (an empty trace
+  ``[[],[]]`` does not count). Ad-hoc runs (``db.adhoc_runs``: a user's
+  already scheduled module measured by ``FleetRunner``) store exactly such an
+  empty trace, so they are never a tuning record of the fleet;
 - **not refuted**: a result whose re-measurement on another worker disagreed
   (``db.confirmation``, ``rejected``) never counts, and a confirmation's own
   re-measurement is not a candidate for best (only its verdict counts);
@@ -23,6 +27,14 @@ Policy (every "best" in tunehub goes through here: config downloads,
   the hardware, so it never counts;
 - then by mean seconds, fastest first; ties by measurement id (the older wins),
   so the same database always gives the same answer.
+
+Beside a ``JSONDatabase`` holding the same records, ``SqlDatabase.get_top_k``
+keeps and drops the same ones and orders them the same (mean seconds, then
+commit order), except where TVM has no notion of the fact: flagged and pending
+results rank after the rest, and emulated workers' results are left out.
+Records users commit through ``tunehub.metaschedule.Database`` live apart
+(``db.user_records``) and never enter this ranking; they apply the same
+``is_valid_record`` to themselves.
 
 Functions are keyword-only, take the caller's session and return frozen records.
 """
@@ -43,21 +55,72 @@ from db.records import BestRecord
 from db.workers import emulated_worker_ids
 
 FAILED_STUB_SECS = 1e10
-EMPTY_TRACES = ("", "[]", "null")
+"""MetaSchedule's ``kMaxMeanTime``: the run time a failed run is reported as."""
+_STUB_TEXTS = ("10000000000.0", "10000000000", "1e+10", "1e10", "1E+10", "1E10")
+_BLANKS = (" ", "\n", "\r", "\t")
+_NO_TRACE = ("", "[]", "null")
+
+
+def _squeezed(column: ColumnElement[str], *, chars: int | None = None) -> ColumnElement[str]:
+    """``column`` (or its first ``chars`` characters) without blanks, on both backends."""
+    text = func.substr(column, 1, chars) if chars else column
+    for blank in _BLANKS:
+        text = func.replace(text, blank, "")
+    return text
+
+
+def has_schedule_instruction() -> ColumnElement[bool]:
+    """The trace half of ``IsValid``: ``Candidate.trace_json`` has an instruction before ``EnterPostproc``.
+
+    A trace is ``[[[kind, inputs, attrs, outputs], ...], decisions]``, so one
+    without such an instruction shows in its first characters: ``[[]`` (none
+    at all) or ``[[["EnterPostproc"``; empty text, ``[]`` and ``null`` are no
+    trace. The fleet stores only ``trace_to_json`` text, so this is the whole rule.
+    """
+    head = _squeezed(Candidate.trace_json, chars=64)
+    return and_(
+        Candidate.trace_json.is_not(None),
+        head.not_in(_NO_TRACE),
+        head.not_like("[[]%"),
+        head.not_like('[[["EnterPostproc"%'),
+    )
+
+
+def not_all_failed_stubs() -> ColumnElement[bool]:
+    """The run-time half of ``IsValid``: run seconds are present and not every one is the ``1e10`` stub.
+
+    Their mean is exactly ``1e10`` when they all are (a sum of equal integers
+    is exact), so the text is looked at only then.
+    """
+    rest = _squeezed(Measurement.run_secs_json)
+    for stub in _STUB_TEXTS:
+        rest = func.replace(rest, stub, "")
+    return and_(
+        Measurement.mean_secs.is_not(None),
+        Measurement.run_secs_json.is_not(None),
+        or_(Measurement.mean_secs != FAILED_STUB_SECS, func.replace(rest, ",", "") != "[]"),
+    )
 
 
 def valid_measurement() -> ColumnElement[bool]:
     """The validity half of the policy, on ``Measurement`` joined to its ``Candidate``."""
     return and_(
-        Measurement.mean_secs.is_not(None),
-        Measurement.run_secs_json.is_not(None),
-        Measurement.mean_secs < FAILED_STUB_SECS,
-        Candidate.trace_json.is_not(None),
-        Candidate.trace_json.not_in(EMPTY_TRACES),
+        not_all_failed_stubs(),
+        has_schedule_instruction(),
         Candidate.confirms_measurement_id.is_(None),
         not_rejected(),
         Measurement.worker_id.not_in(emulated_worker_ids()),
     )
+
+
+def is_valid_record(run_secs: list[float] | None, instruction_kinds: list[str]) -> bool:
+    """``IsValid`` on plain values: the same rule as ``valid_measurement``, for records outside the fleet's tables.
+
+    ``tunehub.metaschedule.Database`` stores it with each user record (``db.user_records``).
+    """
+    if not instruction_kinds or instruction_kinds[0] == "EnterPostproc":
+        return False
+    return bool(run_secs) and any(s is not None and s != FAILED_STUB_SECS for s in run_secs)
 
 
 _PENDING = case((Measurement.confirmation == Confirmation.pending.value, 1), else_=0)

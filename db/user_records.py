@@ -5,7 +5,8 @@ own machine and script, so they never enter ``db.ranking`` (the fleet's served
 best). Each record is stored as TVM's own ``TuningRecord.as_json()`` text with
 the two facts MetaSchedule's ``get_top_k`` needs precomputed at commit:
 ``sort_secs`` (TVM's mean run seconds, ``1e10`` when there are none) and
-``valid`` (``TuningRecord::IsValid``), so the top-k query is one indexed read.
+``valid`` (``TuningRecord::IsValid``, the rule ``db.ranking`` applies to the
+fleet's measurements too), so the top-k query is one indexed read.
 """
 
 from __future__ import annotations
@@ -20,32 +21,13 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from common.errors import NotFound
 from db.engine import db_now
 from db.models import Base, BigId
+from db.ranking import FAILED_STUB_SECS, is_valid_record
 from db.workloads import upsert_workloads
-
-FAILED_RUN_SECS = 1e10
-"""MetaSchedule's ``kMaxMeanTime``: a failed run's stub time, and the mean of a record without run_secs."""
 
 
 def mean_run_secs(run_secs: list[float] | None) -> float:
     """TVM's ``SortTuningRecordByMeanRunSecs::Mean``: the mean, or ``1e10`` when absent or empty."""
-    return sum(run_secs) / len(run_secs) if run_secs else FAILED_RUN_SECS
-
-
-def is_valid_record(run_secs: list[float] | None, instruction_kinds: list[str]) -> bool:
-    """TVM's ``TuningRecord::IsValid``: an instruction before postprocessing, and run_secs not all 1e10.
-
-    Differs from ``db.ranking.valid_measurement`` (the fleet's policy) in two
-    edge cases: an empty trace ``[[],[]]`` is invalid here, and a mean at or
-    above 1e10 is valid here unless every run is exactly 1e10.
-    """
-    n_insts = 0
-    for kind in instruction_kinds:
-        if kind == "EnterPostproc":
-            break
-        n_insts += 1
-    if n_insts == 0 or not run_secs:
-        return False
-    return any(s != FAILED_RUN_SECS for s in run_secs)
+    return sum(run_secs) / len(run_secs) if run_secs else FAILED_STUB_SECS
 
 
 def record_facts(record_json: str) -> tuple[float, bool]:

@@ -308,11 +308,13 @@ class TaskSearch:
             return
         cands = [p.candidate for p in proposals]
         results = [runner_result(o) for o in outcomes]
+        feed_back = not getattr(self.database, "read_only", False)  # SqlDatabase: workers' reports stored them
         for cand, result in zip(cands, results):
             self._seen.add(self._key(cand.sch))
-            self.database.commit_tuning_record(  # a no-op for SqlDatabase: workers' reports stored it
-                ms.database.TuningRecord(cand.sch.trace, self.workload, result.run_secs, self.target, cand.args_info)
-            )
+            if feed_back:
+                self.database.commit_tuning_record(
+                    ms.database.TuningRecord(cand.sch.trace, self.workload, result.run_secs, self.target, cand.args_info)
+                )
         self.cost_model.update(self.ctx, cands, results)
         if notify:
             own = [(c, r) for c, r, p in zip(cands, results, proposals) if not p.transferred]

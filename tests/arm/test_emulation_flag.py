@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.protocol import JobStatus, WorkerRegister
 from db import ranking, workers
 from db.engine import session_scope
-from factories import add_job, add_measurement, add_task, add_worker, add_workload
+from factories import SCHEDULE_TRACE, add_job, add_measurement, add_task, add_worker, add_workload
 from workers.detect import cpu_target_from, emulation_from
 
 X86_CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu avx2\n"
@@ -88,7 +88,8 @@ def test_emulated_workers_neither_trigger_nor_take_confirmations(session_factory
         task = jobs.job_public(s, job_id=job).tasks[0].id
         board, qemu = (workers.register_worker(s, name=n, token_id=None, hardware={}, target_json={"kind": "llvm"},
                                                target_key=key, emulated=n == "qemu").id for n in ("board", "qemu"))
-        queue.enqueue_candidates(s, task_id=task, workload_id=wid, target_key=key, traces=["[[],[0]]"], round=0)
+        queue.enqueue_candidates(s, task_id=task, workload_id=wid, target_key=key,
+                                 traces=[SCHEDULE_TRACE.replace("b0", "b10")], round=0)
 
     def measure(worker: int, secs: float = 1e-3) -> None:
         with session_scope(session_factory) as s:
@@ -107,7 +108,8 @@ def test_emulated_workers_neither_trigger_nor_take_confirmations(session_factory
     with session_scope(session_factory) as s:
         peer = workers.register_worker(s, name="board-2", token_id=None, hardware={}, target_json={"kind": "llvm"},
                                        target_key=key).id
-        queue.enqueue_candidates(s, task_id=task, workload_id=wid, target_key=key, traces=["[[],[1]]"], round=0)
+        queue.enqueue_candidates(s, task_id=task, workload_id=wid, target_key=key,
+                                 traces=[SCHEDULE_TRACE.replace("b0", "b11")], round=0)
     measure(board, 1e-4)  # a new winner, with a real peer to re-measure it
     queued = confirmations()
     assert queued, "a real peer exists: the winner is re-measured"

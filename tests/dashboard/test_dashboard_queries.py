@@ -39,7 +39,7 @@ def test_job_curves_totals_and_eta(session_factory: sessionmaker[Session], monke
         job, a, b, worker = _job_with_tasks(s)
         job.started_at = db_now(s) - timedelta(seconds=100)
         for secs, task in ((4e-3, a), (3e-3, a), (None, b), (2e-3, b), (5e-3, a)):
-            m = factories.add_measurement(s, task=task, worker=worker, trace_json="[[], []]",
+            m = factories.add_measurement(s, task=task, worker=worker, trace_json=factories.SCHEDULE_TRACE,
                                           run_secs=[secs] if secs else None, error=None if secs else "timeout: 10 s",
                                           error_kind=None if secs else ErrorKind.timeout)
             m.created_at = job.started_at + timedelta(seconds=10 * m.id)
@@ -73,7 +73,7 @@ def test_jobs_overview_filters_and_eta_only_while_running(session_factory: sessi
         queued, *_ = _job_with_tasks(s, status=JobStatus.queued)
         done, a, _b, worker = _job_with_tasks(s, status=JobStatus.done)
         done.started_at, done.finished_at = db_now(s) - timedelta(seconds=50), db_now(s) - timedelta(seconds=20)
-        factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", run_secs=[1e-3])
+        factories.add_measurement(s, task=a, worker=worker, trace_json=factories.SCHEDULE_TRACE, run_secs=[1e-3])
         ids = queued.id, done.id
     with session_scope(session_factory) as s:
         rows = {r.id: r for r in q.jobs_overview(s)}
@@ -90,10 +90,10 @@ def test_workers_error_kinds_throughput_and_calibration(session_factory: session
         idle = factories.add_worker(s, target_key=job.target_key, name="idle")
         idle.calibration_json = Calibration(status="degraded", ratio=1.8, samples=3).model_dump_json()
         for message in ERRORS:
-            factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", error=message, error_kind=ERRORS[message])
+            factories.add_measurement(s, task=a, worker=worker, trace_json=factories.SCHEDULE_TRACE, error=message, error_kind=ERRORS[message])
         for _ in range(2):
-            factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", run_secs=[1e-3])
-        old = factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", run_secs=[2e-3])
+            factories.add_measurement(s, task=a, worker=worker, trace_json=factories.SCHEDULE_TRACE, run_secs=[1e-3])
+        old = factories.add_measurement(s, task=a, worker=worker, trace_json=factories.SCHEDULE_TRACE, run_secs=[2e-3])
         old.created_at = db_now(s) - q.THROUGHPUT_WINDOW - timedelta(minutes=1)
         ids = worker.id, idle.id
     with session_scope(session_factory) as s:
@@ -117,8 +117,8 @@ def test_workloads_per_target_use_the_catalog_best(session_factory: sessionmaker
         other = factories.add_job(s, model=factories.add_model(s, name="zeta"), trials=4)
         factories.add_task(s, job=other, workload=a.workload, name="a")
         for secs in (3e-3, 1e-3):
-            factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", run_secs=[secs])
-        factories.add_measurement(s, task=a, worker=worker, trace_json="[[], []]", error="build: nope")
+            factories.add_measurement(s, task=a, worker=worker, trace_json=factories.SCHEDULE_TRACE, run_secs=[secs])
+        factories.add_measurement(s, task=a, worker=worker, trace_json=factories.SCHEDULE_TRACE, error="build: nope")
         key, wa, wb = job.target_key, a.workload_id, b.workload_id
     with session_scope(session_factory) as s:
         rows = {r.id: r for r in q.workloads_for_target(s, target_key=key)}

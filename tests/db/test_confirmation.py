@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import select
+from factories import SCHEDULE_TRACE
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.protocol import CandidateResult, ErrorKind
@@ -42,7 +43,7 @@ class _Fleet:
     def enqueue(self, n: int) -> list[int]:
         with session_scope(self.factory) as s:
             return queue.enqueue_candidates(s, task_id=self.task, workload_id=self.workload, target_key=KEY,
-                                            traces=[f"[[],[{i}]]" for i in range(n)], round=0)
+                                            traces=[SCHEDULE_TRACE.replace("b0", f"b{i}") for i in range(n)], round=0)
 
     def measure(self, worker: int, secs: dict[int, float | str], n: int = 64) -> list[int]:
         """Lease for ``worker`` and report ``secs[candidate]`` (a time, or an error kind); returns the leased ids."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from factories import SCHEDULE_TRACE
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, queue, ranking, uploads, workers, workloads
@@ -41,7 +42,7 @@ def _setup(factory: sessionmaker[Session], n: int) -> tuple[int, int, int, list[
         worker = workers.register_worker(
             s, name="w", token_id=None, hardware={}, target_json={"kind": "llvm"}, target_key=KEY
         ).id
-        cids = queue.enqueue_candidates(s, task_id=task_id, workload_id=wid, target_key=KEY, traces=["[[],[]]"] * n, round=0)
+        cids = queue.enqueue_candidates(s, task_id=task_id, workload_id=wid, target_key=KEY, traces=[SCHEDULE_TRACE] * n, round=0)
         lease, _ = queue.lease_candidates(s, worker_id=worker, target_key=KEY, max_count=n, ttl_s=60)
         assert lease is not None
         return wid, worker, lease.id, cids, task_id

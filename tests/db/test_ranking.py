@@ -8,6 +8,7 @@ cost-model labels) must see the same order.
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.protocol import JobStatus
@@ -36,6 +37,12 @@ def test_one_policy_everywhere(session_factory: sessionmaker[Session]) -> None:
                 ("flagged_fast", '["flagged"]', [1e-4], None, True),
                 ("stub", '["stub"]', [1e10, 1e10], None, False),
                 ("empty_trace", "", [5e-5], None, False),
+                # TuningRecord::IsValid: no instruction before EnterPostproc is no record (an ad-hoc run's trace)
+                ("no_instruction", "[[],[]]", [4e-5], None, False),
+                ("no_instruction_spaced", "[[ ], [ ]]", [4e-5], None, False),
+                ("postproc_only", '[[["EnterPostproc",[],[],[]]],[]]', [4e-5], None, False),
+                # ... and run_secs count unless every one is the 1e10 stub: ranked by their mean
+                ("partial_stub", '["partial"]', [1e10, 1e-3], None, False),
                 ("error", '["err"]', None, "crash", False),
                 ("best", '["best"]', [2e-4, 2e-4], None, False),
                 ("tie", '["tie"]', [2e-4], None, False),  # same mean as "best", later id
@@ -49,9 +56,9 @@ def test_one_policy_everywhere(session_factory: sessionmaker[Session]) -> None:
     with session_scope(session_factory) as s:
         ranked = ranking.ranked_measurements(s, target_key=key, workload_ids=[ids["wl"]], per_workload=10,
                                              exclude_task_id=ids["other"])[ids["wl"]]
-        order = ["best", "tie", "slow", "flagged_fast"]  # no stub, no empty trace, no error
+        order = ["best", "tie", "slow", "partial_stub", "flagged_fast"]  # no stub, no empty trace, no error
         assert [r.candidate_id for r in ranked] == [m[n].candidate_id for n in order]
-        assert [r.rank for r in ranked] == [1, 2, 3, 4] and ranked[-1].flagged
+        assert [r.rank for r in ranked] == [1, 2, 3, 4, 5] and ranked[-1].flagged
         assert ranked[0].run_secs == (2e-4, 2e-4)
 
         # Config download: the best, and a flagged result where nothing else is valid.
@@ -73,3 +80,20 @@ def test_one_policy_everywhere(session_factory: sessionmaker[Session]) -> None:
         assert [(mb.workload_id, mb.traces) for mb in members] == [(ids["wl"], ['["own"]', '["best"]', '["tie"]'])]
         assert ranking.ranked_measurements(s, target_key="other", workload_ids=[ids["wl"]]) == {}
         assert ranking.ranked_measurements(s, target_key=key, workload_ids=[]) == {}
+
+
+@pytest.mark.parametrize(
+    ("run_secs", "kinds", "valid"),
+    [
+        ([1e-3], ["GetSBlock"], True),
+        ([1e10, 1e-3], ["GetSBlock", "EnterPostproc"], True),
+        ([2e10], ["GetSBlock"], True),  # above the stub, not it
+        ([1e10, 1e10], ["GetSBlock"], False),
+        ([], ["GetSBlock"], False),
+        (None, ["GetSBlock"], False),
+        ([1e-3], [], False),
+        ([1e-3], ["EnterPostproc", "GetSBlock"], False),
+    ],
+)
+def test_is_valid_record_is_tvms_rule(run_secs: list[float] | None, kinds: list[str], valid: bool) -> None:
+    assert ranking.is_valid_record(run_secs, kinds) is valid

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import func, select
+from factories import SCHEDULE_TRACE
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.errors import BadInput
@@ -46,7 +47,7 @@ def _leased(factory: sessionmaker[Session], n: int) -> tuple[int, int, int, list
         worker = workers.register_worker(s, name="w", token_id=None, hardware={}, target_json={"kind": "llvm"},
                                          target_key=KEY).id
         cids = queue.enqueue_candidates(s, task_id=task_id, workload_id=wid, target_key=KEY,
-                                        traces=["[[],[]]"] * n, round=0)
+                                        traces=[SCHEDULE_TRACE] * n, round=0)
         lease, _ = queue.lease_candidates(s, worker_id=worker, target_key=KEY, max_count=n, ttl_s=60)
         assert lease is not None
         return wid, worker, lease.id, cids

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from factories import SCHEDULE_TRACE
 from sqlalchemy import select
 
 from db import queue
@@ -68,7 +69,7 @@ def _enqueue(stack, job: dict[str, Any], per_task: int) -> None:  # type: ignore
         with session_scope(make_sessionmaker(engine)) as s:
             for t in s.execute(select(Task.id, Task.workload_id).where(Task.job_id == job["id"])):
                 queue.enqueue_candidates(s, task_id=t.id, workload_id=t.workload_id, target_key=job["target_key"],
-                                         traces=["[[],[]]"] * per_task, round=0)
+                                         traces=[SCHEDULE_TRACE] * per_task, round=0)
     finally:
         engine.dispose()
 

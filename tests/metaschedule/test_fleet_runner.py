@@ -2,13 +2,16 @@
 
 A service and one worker run as processes (``tunehub.harness``). Tuning stays
 here; the worker leases, builds and times the candidates. Records land in
-tunehub's database (the user's ``Database`` and the ad-hoc job's measurements,
-downloadable as configs), and a worker killed mid-batch ends the script with
-errors reported, not a hang.
+tunehub's database (the user's ``Database``, downloadable with ``tunehub records
+export``; the ad-hoc job's measurements stay apart and are no configs), and a
+worker killed mid-batch ends the script with errors reported, not a hang.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from tests_support import wait_for
 from tvm.s_tir import meta_schedule as ms
 from tvm_helpers import matmul_workload
 
+from common.errors import NotFound
 from tunehub.harness import running
 from tunehub.metaschedule import Database, FleetBuilder, FleetRunner
 
@@ -34,8 +38,6 @@ def _tune(db: Any, runner: Any, target: Any, work_dir: Path) -> None:
 
 
 def test_tune_tir_measures_on_the_fleet_and_survives_a_lost_worker(tmp_path: Path) -> None:
-    from tuner.configs import extract_config_zip
-
     with running(tmp_path / "stack", tuner=False, workers=1, overrides={"TUNEHUB_LEASE_TTL_S": "30"}) as h:
         worker = h.wait_for_workers(1)[0]
         target = tvm.target.Target(worker.target)
@@ -51,10 +53,16 @@ def test_tune_tir_measures_on_the_fleet_and_survives_a_lost_worker(tmp_path: Pat
         assert measured, h.logs()
         best = db.get_top_k(db.commit_workload(matmul_workload(32)), 1)
         assert best and 0 < float(best[0].run_secs[0]) < 1.0
-        with h.client() as admin:
-            data = admin.download_configs(job=runner.run_ids[0])
-        folder = extract_config_zip(data, tmp_path / "configs")
-        assert len(ms.database.JSONDatabase(work_dir=str(folder))) >= 1
+        # The user's tuning records download as a MetaSchedule database that TVM serves them from.
+        out = tmp_path / "records"
+        target_json = worker.target if isinstance(worker.target, str) else json.dumps(worker.target)
+        _cli("records", "export", "-o", str(out), "--target", target_json, "--top", "1", "--server", h.server,
+             "--token", token)
+        exported = ms.database.JSONDatabase(work_dir=str(out))
+        assert exported.get_top_k(exported.commit_workload(matmul_workload(32)), 1), h.logs()
+        # The ad-hoc run's measurements (scheduled modules, empty traces) are no tuning records of the fleet.
+        with h.client() as admin, pytest.raises(NotFound):
+            admin.download_configs(job=runner.run_ids[0])
 
         # A worker lost mid-batch: the script finishes, the batch's candidates come back as errors.
         before = len(db)
@@ -83,6 +91,12 @@ def test_tune_tir_measures_on_the_fleet_and_survives_a_lost_worker(tmp_path: Pat
         assert len(db) > before
         errors = [r for r in new if r.run_secs is None or all(float(s) >= 1e10 for s in r.run_secs)]
         assert errors, "the lost batch should be reported as errors"
+
+
+def _cli(*args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tunehub", *args], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def _leased(h: Any, runner: Any) -> bool:

@@ -13,6 +13,7 @@ import zipfile
 from typing import Any
 
 import pytest
+from factories import SCHEDULE_TRACE
 from live_server import MLP_ONNX, Live
 from sqlalchemy import select
 
@@ -21,7 +22,6 @@ from db.models import Candidate, Job, Task
 from common.targets import canonical_target
 
 TARGET = {"kind": "llvm", "num-cores": 2}
-EMPTY_TRACE = "[[],[]]"  # a valid MetaSchedule trace: the unscheduled workload
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def measured(live: Live, job: dict[str, Any]) -> dict[int, float]:
         tasks = s.execute(select(Task.id, Task.workload_id).where(Task.job_id == job["id"]).order_by(Task.id)).all()
         for t in tasks:
             queue.enqueue_candidates(
-                s, task_id=t.id, workload_id=t.workload_id, target_key=job["target_key"], traces=[EMPTY_TRACE] * 3, round=0
+                s, task_id=t.id, workload_id=t.workload_id, target_key=job["target_key"], traces=[SCHEDULE_TRACE] * 3, round=0
             )
     worker = live.client(live.token("worker"))
     r = worker.post("/workers", json={"name": "jobs-worker", "target": TARGET, "hardware": {"cores": 2}})
@@ -153,7 +153,7 @@ def test_cancel_withdraws_candidates_and_only_once(live: Live, job: dict[str, An
         first_task = s.scalars(select(Task).where(Task.job_id == other).order_by(Task.id)).first()
         assert first_task is not None
         cids = queue.enqueue_candidates(
-            s, task_id=first_task.id, workload_id=first_task.workload_id, target_key=key, traces=[EMPTY_TRACE] * 2, round=0
+            s, task_id=first_task.id, workload_id=first_task.workload_id, target_key=key, traces=[SCHEDULE_TRACE] * 2, round=0
         )
     user = live.client(raw)
     r = user.get("/configs", params={"job": other})

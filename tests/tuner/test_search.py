@@ -121,8 +121,9 @@ def test_sql_database_is_the_queue_seen_by_metaschedule(session_factory: session
     assert _key(sch) == _key(apply_trace(mod, traces[best]))
     records = db.get_all_tuning_records()
     assert len(records) == 4 and sum(r.run_secs is None for r in records) == 1
-    db.commit_tuning_record(top[0])  # a no-op: the worker's report stored it
-    assert len(db) == 4
+    with pytest.raises(TypeError, match="tunehub.metaschedule.Database"):  # a read-only view of the reports
+        db.commit_tuning_record(top[0])
+    assert len(db) == 4 and db.read_only
     # TVM's own query path (used by compile_tir / ApplyDatabase) works over it.
     assert ms.tir_integration.compile_tir(db, mod, tvm.target.Target(CPU_TARGET)) is not None
 
