@@ -93,9 +93,13 @@ class SqlDatabase(PyDatabase):
         *,
         target: dict[str, Any] | str,
         target_key: str,
+        tvm_version: str | None = None,
         trace_cache_size: int = 2048,
     ) -> None:
+        """``tvm_version``: ``get_top_k`` ranks only measurements by workers of that TVM version
+        (and unstamped older rows), as bundles do; None ranks every version."""
         super().__init__()
+        self._tvm_version = tvm_version
         self._factory = session_factory
         self._target = Target(json.loads(target) if isinstance(target, str) else target)
         self._target_key = target_key
@@ -208,7 +212,8 @@ class SqlDatabase(PyDatabase):
             return []
         with session_scope(self._factory) as session:
             ranked = ranked_measurements(
-                session, target_key=self._target_key, workload_ids=[known.id], per_workload=top_k
+                session, target_key=self._target_key, workload_ids=[known.id], per_workload=top_k,
+                tvm_version=self._tvm_version,
             ).get(known.id, [])
         records = [self._record(known, m.candidate_id, m.trace_json, list(m.run_secs)) for m in ranked]
         return [r for r in records if r is not None]

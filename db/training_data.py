@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Candidate, Measurement, Worker, Workload
 from db.ranking import ranked_measurements
+from db.ranking import has_schedule_instruction
 from db.workers import emulated_worker_ids
 
 
@@ -33,13 +34,14 @@ def training_rows(
 ) -> list[TrainingRow]:
     """Unflagged measurements of the key with ``after_id < id <= upto_id``: the newest ``limit``, oldest first.
 
-    Emulated workers' measurements are left out: an emulated time teaches nothing about the hardware.
+    Emulated workers' measurements are left out: an emulated time teaches nothing about the hardware;
+    so are traces without a schedule instruction (``FleetRunner``'s ad-hoc runs): no schedule to learn.
     """
     query = (
         select(Measurement.id, Measurement.workload_id, Measurement.mean_secs, Candidate.trace_json)
         .join(Candidate, Candidate.id == Measurement.candidate_id)
         .where(Measurement.target_key == target_key, Measurement.id > after_id, Measurement.flagged.is_(False),
-               Measurement.worker_id.not_in(emulated_worker_ids()))
+               Measurement.worker_id.not_in(emulated_worker_ids()), has_schedule_instruction())
         .order_by(Measurement.id.desc())
         .limit(limit)
     )

@@ -26,6 +26,7 @@ from db.engine import session_scope
 from db.job_claims import JobSpec, load_job
 from tuner.batches import BatchLoop
 from tuner.budget import Clock, TimeBudget, database_clock
+from tuner.configs import current_tvm_version
 from tuner.cost_models import CostModelKind, job_cost_model, refresh_cost_model
 from tuner.estimates import estimate_latency
 from tuner.job_state import Batch, TunedTask, fmt_ms
@@ -109,7 +110,7 @@ def _start(spec: JobSpec, loop: BatchLoop, answered: dict[str, float], *, factor
         return JobEndReason.answered
 
     target = json.loads(spec.target_json)
-    database = SqlDatabase(factory, target=target, target_key=spec.target_key)
+    database = SqlDatabase(factory, target=target, target_key=spec.target_key, tvm_version=current_tvm_version())
     cost_model = job_cost_model(config.cost_model, spec, factory=factory, settings=settings,
                                 num_warmup_samples=config.num_warmup_samples)
     resumed = Batch(number=history.last_round)

@@ -29,7 +29,7 @@ from common.tvm_json import args_info_json, trace_to_json, workload_hash, worklo
 from db import adhoc_runs, queue, ranking
 from db.engine import session_scope
 from db.confirmation import ConfirmPolicy
-from db.models import Candidate, Workload
+from db.models import Candidate, Measurement, Workload
 from db.ms_database import SqlDatabase
 from tunehub.metaschedule import Database
 
@@ -172,3 +172,18 @@ def test_the_view_is_read_only_and_users_commit_through_database(
     ours.commit_tuning_record(record)
     assert len(ours) == 1 and view(ours.get_top_k(ours.commit_workload(matmul), 1)[0]) == view(record)
     assert len(fleet) == 1  # a user's record never becomes a fleet measurement
+
+
+def test_the_search_ranks_only_its_own_tvm_version(session_factory: sessionmaker[Session], matmul: Any) -> None:
+    """A faster record measured under another TVM version is not what the search builds on."""
+    fleet, _ = _fleet(session_factory, matmul, [(2, [3.0e-3], False), (4, [1.0e-3], False)])
+    with session_scope(session_factory) as s:
+        ours, other = s.scalars(select(Measurement).order_by(Measurement.id)).all()[-2:]
+        ours.tvm_version, other.tvm_version = "0.27.0", "0.19.0"
+    current = SqlDatabase(session_factory, target=TARGET, target_key=fleet._target_key, tvm_version="0.27.0")
+    wl = fleet.commit_workload(matmul)
+    def firsts(records: list[Any]) -> list[float]:
+        return [round(float(r.run_secs[0]) * 1e3, 3) for r in records]
+
+    assert firsts(fleet.get_top_k(wl, 2)) == [1.0, 3.0]
+    assert firsts(current.get_top_k(current.commit_workload(matmul), 2)) == [3.0]
