@@ -1,13 +1,16 @@
 """Shared fixtures: fresh databases on SQLite and PostgreSQL, migrated once.
 
 ``db_url`` is parametrised over both backends; PostgreSQL tests skip with a
-clear reason only when no server answers at 127.0.0.1:5432. Each PostgreSQL
-test gets its own database cloned from a template migrated once per session.
+clear reason only when no server answers at 127.0.0.1:5432. Each test gets its
+own database cloned from a template migrated once per session: on PostgreSQL
+``CREATE DATABASE ... TEMPLATE``, on SQLite a copy of the migrated file (the
+migrations themselves are tested in ``test_migrations.py``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,11 +67,20 @@ def pg_url(pg_template: str) -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session; tests get copies of it."""
+    path = tmp_path_factory.mktemp("sqlite_template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'tunehub.db'}"
-    upgrade(url)
-    return url
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A fresh, migrated SQLite database for one test (a copy of the template)."""
+    path = tmp_path / "tunehub.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
