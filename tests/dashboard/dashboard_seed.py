@@ -54,7 +54,7 @@ def _measure(target: dict[str, Any], items: list[Any]) -> tuple[list[Any], Any]:
     from workers.timing import Timing
 
     timing = Timing(number=1, repeat=3, min_repeat_ms=0, warmup=1, cache_flush=True)
-    measurer = Measurer(target, WorkerOptions(build_workers=1, timing=timing, calibrate_every_s=3600))
+    measurer = Measurer(target, WorkerOptions(build_workers=1, timing=timing, calibrate_every_s=3600, quiet_wait_s=0.5))
     got: list[Any] = []
     try:
         measurer.start()

@@ -119,7 +119,8 @@ def make_daemon(service: ScriptedService | None, workload: dict[str, Any], *, na
     """A daemon on the scripted service (None: a real refused connection) with fast options."""
     timing = {k: options.pop(k) for k in ("number", "repeat", "min_repeat_ms", "warmup", "cache_flush") if k in options}
     timing.setdefault("min_repeat_ms", 0)
-    opts = WorkerOptions(poll_s=0.05, build_workers=1, timing=Timing(**timing)).replace(**options)
+    # A disturbed timing waits at most 0.5 s for quiet CPUs (the policy is tested in test_interference.py).
+    opts = WorkerOptions(poll_s=0.05, build_workers=1, timing=Timing(**timing), quiet_wait_s=0.5).replace(**options)
     url = service.url if service else "http://127.0.0.1:9"  # discard port: connection refused
     transport = service.transport if service else None
     daemon = WorkerDaemon(url, "tok-123", opts, target=workload["target"], name=name, transport=transport)
