@@ -22,9 +22,23 @@ def matmul_workload(n: int = 64, dtype: str = "float32") -> Any:
     return tvm.IRModule({"main": te.create_prim_func([a, b, c])})
 
 
-@lru_cache(maxsize=8)
+PROPOSALS = 16
+"""Candidates proposed per (size, seed) and session; a search costs seconds, whatever it returns."""
+
+
 def real_candidates(n: int = 64, count: int = 4, seed: int = 0) -> tuple[str, ...]:
-    """Trace JSON of ``count`` candidates proposed by MetaSchedule's evolutionary search."""
+    """Trace JSON of ``count`` candidates proposed by MetaSchedule's evolutionary search.
+
+    The first ``count`` of one search per (n, seed), so the tests that need a few real
+    candidates of the same matmul share a search.
+    """
+    proposals = _proposals(n, seed, max(count, PROPOSALS))
+    assert len(proposals) >= count, f"the search proposed {len(proposals)} candidates, {count} wanted"
+    return proposals[:count]
+
+
+@lru_cache(maxsize=8)
+def _proposals(n: int, seed: int, count: int) -> tuple[str, ...]:
     prepare_tvm(("llvm",))
     import tvm
     from tvm.s_tir import meta_schedule as ms
