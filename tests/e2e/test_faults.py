@@ -133,6 +133,8 @@ def test_worker_killed_mid_lease_its_candidates_are_leased_again_after_the_ttl(s
     stack.overrides["TUNEHUB_CONFIRM_WINNERS"] = "false"  # counts the queue's own candidates only
     ttl = 6.0
     stack.overrides["TUNEHUB_LEASE_TTL_S"] = str(ttl)
+    # The default timing (5 repeats of 20 ms or more): a candidate takes long enough to be killed between two.
+    stack.overrides.update({"TUNEHUB_WORKER_REPEAT": "5", "TUNEHUB_WORKER_MIN_REPEAT_MS": "20"})
     stack.start_service(tuner=False)
     for name in ("worker-a", "worker-b"):
         stack.start_worker(name)
