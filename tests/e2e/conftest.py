@@ -15,18 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests_support import WORKER_TEST_TIMINGS
 from tunehub.harness import Harness
 
 FAST_TIMINGS = {
     "TUNEHUB_TUNER_GRACE_S": "4",  # a dead tuner's job is taken over within seconds
     "TUNEHUB_TUNER_HEARTBEAT_S": "1",
     "TUNEHUB_LEASE_TTL_S": "30",
-    # Workers time each candidate briefly: these tests check where results go, not how precise they are.
-    "TUNEHUB_WORKER_REPEAT": "2",
-    "TUNEHUB_WORKER_MIN_REPEAT_MS": "1",
-    # On a busy machine a disturbed timing is still retried, after at most 1 s instead of 10 s of
-    # waiting for quiet CPUs (the wait itself is tested on an injected clock in tests/workers).
-    "TUNEHUB_WORKER_QUIET_WAIT_S": "1",
+    **WORKER_TEST_TIMINGS,
 }
 
 

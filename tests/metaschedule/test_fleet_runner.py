@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import tvm
 from conftest import TARGET  # noqa: F401  (imports TVM with the test settings)
-from tests_support import wait_for
+from tests_support import WORKER_TEST_TIMINGS, wait_for
 from tvm.s_tir import meta_schedule as ms
 from tvm_helpers import matmul_workload
 
@@ -38,7 +38,8 @@ def _tune(db: Any, runner: Any, target: Any, work_dir: Path) -> None:
 
 
 def test_tune_tir_measures_on_the_fleet_and_survives_a_lost_worker(tmp_path: Path) -> None:
-    with running(tmp_path / "stack", tuner=False, workers=1, overrides={"TUNEHUB_LEASE_TTL_S": "30"}) as h:
+    with running(tmp_path / "stack", tuner=False, workers=1,
+                 overrides={"TUNEHUB_LEASE_TTL_S": "30", **WORKER_TEST_TIMINGS}) as h:
         worker = h.wait_for_workers(1)[0]
         target = tvm.target.Target(worker.target)
         with h.client() as admin:
