@@ -26,8 +26,12 @@ def run_migrations_online() -> None:
             # then find the schema at head. Closing the connection releases it.
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             connection.commit()
-        # (SQLite needs no lock: every transaction takes the write lock at BEGIN, db.engine.)
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        # SQLite needs no lock, but one transaction: every transaction takes the write lock at
+        # BEGIN (db.engine), and SQLite's DDL is transactional. Alembic assumes it is not and
+        # commits after each migration; a replica starting meanwhile could then read an older
+        # version between two of them and run a migration twice ("table already exists").
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                          transactional_ddl=True)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

@@ -34,8 +34,11 @@ class _Workload:
         self.args_info_json, self.flops = args_info_json(mod), 2.0 * 16**3
 
 
-def seed(live: Live, count: int) -> tuple[dict[str, Any], list[int], str]:
-    """A job with ``count`` pending candidates on a target of its own: (target, candidate ids, workload hash)."""
+def seed(live: Live, count: int, trace: str = EMPTY_TRACE) -> tuple[dict[str, Any], list[int], str]:
+    """A job with ``count`` pending candidates on a target of its own: (target, candidate ids, workload hash).
+
+    The default trace has no schedule instruction, so results never rank as a record
+    (TVM's ``IsValid``); pass ``factories.SCHEDULE_TRACE`` for candidates that should."""
     target = {"kind": "llvm", "num-cores": next(_cores)}
     canonical, key = canonical_target(target)
     wl = _Workload()
@@ -48,7 +51,7 @@ def seed(live: Live, count: int) -> tuple[dict[str, Any], list[int], str]:
         )
         task_id = jobs.job_public(s, job_id=job).tasks[0].id
         cids = queue.enqueue_candidates(
-            s, task_id=task_id, workload_id=wid, target_key=key, traces=[EMPTY_TRACE] * count, round=0
+            s, task_id=task_id, workload_id=wid, target_key=key, traces=[trace] * count, round=0
         )
     return target, cids, wl.shash
 

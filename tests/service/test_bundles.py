@@ -23,6 +23,7 @@ from sqlalchemy import select
 from test_api_leases import seed
 
 from common.targets import canonical_target
+from factories import SCHEDULE_TRACE
 from db.models import Candidate, Task
 from tuner.configs import current_tvm_version
 
@@ -53,7 +54,7 @@ def _manifest(data: bytes) -> dict[str, Any]:
 
 
 def test_manifest_carries_provenance_and_other_tvm_stays_out(live: Live, tmp_path: Path) -> None:
-    target, cids, shash = seed(live, 2)
+    target, cids, shash = seed(live, 2, SCHEDULE_TRACE)
     key = canonical_target(target)[1]
     current = current_tvm_version()
     ours, ours_id = _worker(live, target, "ours", current)
@@ -117,7 +118,7 @@ def test_manifest_carries_provenance_and_other_tvm_stays_out(live: Live, tmp_pat
 
 
 def test_only_other_tvm_records_is_a_404_that_says_how_to_ask(live: Live) -> None:
-    target, _, _ = seed(live, 1)
+    target, _, _ = seed(live, 1, SCHEDULE_TRACE)
     old, old_id = _worker(live, target, "old-only", OTHER_TVM)
     _measure(old, old_id, 1e-3)
     r = live.admin.get("/configs/best-known", params={"target": json.dumps(target)})
