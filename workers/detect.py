@@ -20,7 +20,6 @@ x86 host) detects the guest's architecture correctly but its timings say nothing
 about real hardware; ``detect_emulation`` finds it so the worker can say so.
 
 The parsers are pure functions of text so they can be tested on any machine.
-(Over 400 lines: CPU, ARM and GPU detection share their parsing helpers and one vocabulary.)
 """
 
 from __future__ import annotations
