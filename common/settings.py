@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     tuner_max_jobs: int = Field(2, gt=0, description="Jobs one tuner process runs at once.")
     num_trials_per_iter: int = Field(16, gt=0, description="Candidates per task per search round.")
     search_threads: int = Field(2, gt=0)
+    search_population: int = Field(
+        512, ge=16, le=4096,
+        description="Schedules the evolutionary search keeps per task round (MetaSchedule's default 512); "
+        "smaller rounds come faster and search less widely.",
+    )
     cost_model: Literal["metaschedule", "tunehub"] = Field(
         "metaschedule",
         description="Search cost model: MetaSchedule's XGBModel (default), or tunehub's database-trained one "

@@ -22,6 +22,11 @@ precise they are: brief timings, and on a busy machine a disturbed timing is ret
 most 1 s of waiting for quiet CPUs (the policy itself is tested in tests/workers)."""
 
 
+TUNER_TEST_SEARCH = {"TUNEHUB_SEARCH_POPULATION": "64"}
+"""Environment for tuner processes of tests that check where candidates go, not how well they
+are searched: a round of MetaSchedule's 512-schedule population takes seconds per task here."""
+
+
 def wait_for(
     probe: Callable[[], T],
     *,

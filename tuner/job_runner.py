@@ -27,7 +27,7 @@ from db.job_claims import JobSpec, load_job
 from tuner.batches import BatchLoop
 from tuner.budget import Clock, TimeBudget, database_clock
 from tuner.configs import current_tvm_version
-from tuner.cost_models import CostModelKind, job_cost_model, refresh_cost_model
+from tuner.cost_models import job_cost_model, refresh_cost_model
 from tuner.estimates import estimate_latency
 from tuner.job_state import Batch, TunedTask, fmt_ms
 from tuner.lifecycle import JobLifecycle, RunEnd
@@ -56,7 +56,7 @@ def run_job(
     when it is not ``owner``'s. ``clock`` times the job's time budget: the
     database's clock by default.
     """
-    config = search_config or SearchConfig(cost_model=CostModelKind(settings.cost_model))
+    config = search_config or SearchConfig.from_settings(settings)
     with session_scope(session_factory) as session:
         spec = load_job(session, job_id=job_id)
     if spec.status != JobStatus.running or spec.tuner_owner != owner:

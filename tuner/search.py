@@ -33,6 +33,8 @@ from tuner.cost_models import DEFAULT_COST_MODEL, DEFAULT_WARMUP_SAMPLES, CostMo
 if TYPE_CHECKING:
     from tvm.ir import IRModule
 
+    from common.settings import Settings
+
 log = logging.getLogger(__name__)
 # MetaSchedule logs a summary per generation step at INFO; keep it to warnings unless configured.
 _ms_log = logging.getLogger(f"{__name__}.ms")
@@ -68,6 +70,12 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cost_model", CostModelKind(self.cost_model))  # accepts the plain strings too
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SearchConfig:
+        """The settings' cost model and population; the initial unmeasured sample shrinks with the population."""
+        return cls(cost_model=CostModelKind(settings.cost_model), population_size=settings.search_population,
+                   init_min_unmeasured=min(cls.init_min_unmeasured, settings.search_population // 4))
 
     def strategy(self) -> Any:
         from tvm.s_tir import meta_schedule as ms

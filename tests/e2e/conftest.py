@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_support import WORKER_TEST_TIMINGS
+from tests_support import TUNER_TEST_SEARCH, WORKER_TEST_TIMINGS
 from tunehub.harness import Harness
 
 FAST_TIMINGS = {
@@ -23,6 +23,7 @@ FAST_TIMINGS = {
     "TUNEHUB_TUNER_HEARTBEAT_S": "1",
     "TUNEHUB_LEASE_TTL_S": "30",
     **WORKER_TEST_TIMINGS,
+    **TUNER_TEST_SEARCH,
 }
 
 
