@@ -85,10 +85,13 @@ class LeaveOutScores:
 
 def split(
     factory: sessionmaker[Session], *, model: str, target_key: str | None = None,
-    target: dict[str, Any] | str | None = None,
+    target: dict[str, Any] | str | None = None, records: list[Any] | None = None,
 ) -> Split:
-    """The training and test records when ``model`` (id, name or sha256 prefix) is left out."""
-    from cost_model.store import load_records
+    """The training and test records when ``model`` (id, name or sha256 prefix) is left out.
+
+    ``records``: every record of the key, replayed once (``load_records``) for several leave-outs.
+    """
+    from cost_model.store import WorkloadRecords, load_records
 
     with session_scope(factory) as session:
         model_id, name = training_data.resolve_model(session, ref=model)
@@ -99,24 +102,36 @@ def split(
         target = target or training_data.target_of_key(session, target_key=target_key)
     if not held:
         raise BadInput(f"model {name!r} (id {model_id}) has no tasks: nothing to leave out")
-    train = load_records(factory, target_key=target_key, target=target, exclude_workload_ids=held)
-    test = load_records(factory, target_key=target_key, target=target, workload_ids=held, model_id=model_id)
+    if records is None:
+        train = load_records(factory, target_key=target_key, target=target, exclude_workload_ids=held)
+        test = load_records(factory, target_key=target_key, target=target, workload_ids=held, model_id=model_id)
+        return Split(target_key, model_id, name, held, train, test)
+    with session_scope(factory) as session:
+        mine = {r.measurement_id for r in training_data.training_rows(
+            session, target_key=target_key, workload_ids=held, model_id=model_id)}
+    train = [r for r in records if r.workload_id not in held]
+    test = []
+    for r in records:
+        keep = [i for i, m in enumerate(r.measurement_ids) if m in mine]
+        if r.workload_id in held and keep:
+            test.append(WorkloadRecords(r.workload_id, r.context, [r.candidates[i] for i in keep],
+                                        [r.measurement_ids[i] for i in keep], [r.mean_secs[i] for i in keep]))
     return Split(target_key, model_id, name, held, train, test)
 
 
 def evaluate_leave_out(
     factory: sessionmaker[Session], *, model: str, target_key: str | None = None,
     target: dict[str, Any] | str | None = None, k: int = 5, nthread: int = 2, seed: int = 0,
-    objective: str = ensemble.OBJECTIVE,
+    objective: str = ensemble.OBJECTIVE, records: list[Any] | None = None,
 ) -> LeaveOutScores:
     """Train on everything but ``model``'s workloads and score the four rankers on its candidates.
 
-    BadInput when the model has no measured candidates on the key.
+    BadInput when the model has no measured candidates on the key. ``records`` as in ``split``.
     """
     from cost_model.model import XGBCostModel
     from cost_model.store import featurise
 
-    sp = split(factory, model=model, target_key=target_key, target=target)
+    sp = split(factory, model=model, target_key=target_key, target=target, records=records)
     if not sp.test:
         raise BadInput(f"model {sp.model_name!r} has no measured candidates on {sp.target_key!r}")
     train = featurise(sp.train)
@@ -214,8 +229,8 @@ def _json_safe(value: Any) -> Any:
 
 def markdown(result: LeaveOutScores) -> str:
     """One leave-out as a markdown table: later half for all four, every held-out measurement for the fleet-only two."""
-    lines = [f"held out: model {result.model_id} ({result.model_name}), {len(result.held_out_workloads)} workloads; "
-             f"objective {result.objective}; tunehub wins: {'yes' if result.tunehub_wins else 'no'}",
+    lines = [(f"held out: model {result.model_id} ({result.model_name}), {len(result.held_out_workloads)} workloads; "
+              f"objective {result.objective}; tunehub wins: {'yes' if result.tunehub_wins else 'no'}"),
              "", f"| ranker | test | pairwise accuracy | top-{result.k} recall | workloads | train | tested |",
              "|---|---|---|---|---|---|---|"]
     for part, rows in (("later half", result.later_half), ("all", result.all_measured)):

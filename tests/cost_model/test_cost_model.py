@@ -12,18 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import add_job, add_model, add_task, add_worker, add_workload
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from tvm_helpers import CPU_TARGET, matmul_workload, real_candidates
 
+from common.protocol import CandidateResult, JobStatus
+from common.targets import canonical_target
+from common.tvm_json import apply_trace, args_info_json, workload_hash
 from cost_model import features
 from db.engine import session_scope
 from db.models import CostModelVersion, Model, Workload
 from db.queue import complete, enqueue_candidates, lease_candidates
-from common.protocol import CandidateResult, JobStatus
-from common.targets import canonical_target
-from common.tvm_json import apply_trace, args_info_json, workload_hash
-from factories import add_job, add_model, add_task, add_worker, add_workload
-from tvm_helpers import CPU_TARGET, matmul_workload, real_candidates
 
 
 @lru_cache(maxsize=8)

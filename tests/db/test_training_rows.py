@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from factories import (
+    SCHEDULE_TRACE,
+    add_job,
+    add_measurement,
+    add_model,
+    add_task,
+    add_worker,
+    add_workload,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.errors import BadInput, NotFound
@@ -11,8 +20,12 @@ from db import workers
 from db.confirmation import Confirmation
 from db.engine import session_scope
 from db.models import Candidate, Measurement, Worker
-from db.training_data import model_workload_ids, models_measured_on, resolve_model, training_rows
-from factories import SCHEDULE_TRACE, add_job, add_measurement, add_model, add_task, add_worker, add_workload
+from db.training_data import (
+    model_workload_ids,
+    models_measured_on,
+    resolve_model,
+    training_rows,
+)
 
 
 def test_rows_are_valid_unflagged_times_and_errors_the_schedule_caused(session_factory: sessionmaker[Session]) -> None:
