@@ -167,6 +167,9 @@ class JobPublic(BaseModel):
     estimated_latency_s: float | None = Field(
         None, description="The model's latency as the scheduler estimates it: sum of weight x best (or estimate)."
     )
+    cost_model: str | None = Field(
+        None, description="The cost model the job's search uses (metaschedule or tunehub); None until it starts."
+    )
     error: str | None = None
     created_at: datetime
     started_at: datetime | None = None

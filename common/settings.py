@@ -82,10 +82,11 @@ class Settings(BaseSettings):
         description="Schedules the evolutionary search keeps per task round (MetaSchedule's default 512); "
         "smaller rounds come faster and search less widely.",
     )
-    cost_model: Literal["metaschedule", "tunehub"] = Field(
+    cost_model: Literal["metaschedule", "tunehub", "auto"] = Field(
         "metaschedule",
-        description="Search cost model: MetaSchedule's XGBModel (default), or tunehub's database-trained one "
-        "(under evaluation: trained across operators, it has steered new workloads to poor first candidates).",
+        description="Search cost model: MetaSchedule's XGBModel (default), tunehub's database-trained ensemble "
+        "(falls back to MetaSchedule's for workloads it is unsure of), or auto: tunehub's for a target key only "
+        "when its latest leave-one-model-out evaluation (`tunehub cost-model eval --record`) says it ranks better.",
     )
     tuner_nice: int = Field(
         10, ge=0, le=19,

@@ -5,9 +5,11 @@ it reads the measurements of the target key newer than the current version's
 watermark (``max_measurement_id``) and, when they are enough (``min_new`` and
 ``min_growth`` of what the model has seen), stores a new version:
 
-- incremental: ``incremental_rounds`` more trees on the new samples only, on
-  top of the current booster (``xgb.train(xgb_model=...)``), cheap: only the
-  new traces are replayed and featurised;
+- incremental: ``INCREMENTAL_ROUNDS`` more trees per ensemble member on the new
+  samples only, on top of the current members (``xgb.train(xgb_model=...)``),
+  cheap: only the new traces are replayed and featurised; with a ranking
+  objective the new samples' labels (ranks among themselves, per workload) are
+  consistent with the old ones;
 - from scratch on every measurement of the key once the data has doubled since
   the last full training (``full_samples``), so the early trees fitted on a
   handful of workloads do not dominate forever.
@@ -31,15 +33,12 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cost_model import features
+from cost_model import ensemble, features
 from db import training_data
 from db.cost_models import StoredModel, count_new, latest, save
 from db.engine import session_scope
 
 log = logging.getLogger(__name__)
-
-FULL_ROUNDS = 200
-INCREMENTAL_ROUNDS = 40
 
 
 @dataclass
@@ -69,14 +68,15 @@ class WorkloadRecords:
     candidates: list[Any]  # ms.MeasureCandidate
     measurement_ids: list[int]
     mean_secs: list[float | None]
-    best_secs: float | None  # the workload's best on the key in the whole database
 
 
 def load_records(
     factory: sessionmaker[Session], *, target_key: str, target: dict[str, Any] | str,
     after_id: int = 0, upto_id: int | None = None, limit: int = 50_000,
+    workload_ids: list[int] | None = None, exclude_workload_ids: list[int] | None = None,
+    model_id: int | None = None,
 ) -> list[WorkloadRecords]:
-    """Measurements of the key with ``after_id < id <= upto_id`` (newest ``limit``), replayed per workload."""
+    """Training rows of the key (``db.training_data.training_rows``, same filters), replayed per workload."""
     from common.tvm_env import prepare_tvm
 
     target_dict = json.loads(target) if isinstance(target, str) else dict(target)
@@ -88,9 +88,9 @@ def load_records(
 
     with session_scope(factory) as session:
         rows = training_data.training_rows(
-            session, target_key=target_key, after_id=after_id, upto_id=upto_id, limit=limit)
+            session, target_key=target_key, after_id=after_id, upto_id=upto_id, limit=limit,
+            workload_ids=workload_ids, exclude_workload_ids=exclude_workload_ids, model_id=model_id)
         wids = sorted({r.workload_id for r in rows})
-        best = training_data.workload_bests(session, target_key=target_key, workload_ids=wids)
         mods = training_data.workload_modules(session, workload_ids=wids)
     by_wl: dict[int, list[tuple[int, float | None, str]]] = defaultdict(list)
     for r in rows:
@@ -105,11 +105,12 @@ def load_records(
         except Exception as exc:  # noqa: BLE001  (one broken workload does not stop training)
             log.warning("workload %d: cannot featurise (%s), skipped", wid, str(exc)[:200])
             continue
-        recs = WorkloadRecords(wid, ctx, [], [], [], best.get(wid))
+        recs = WorkloadRecords(wid, ctx, [], [], [])
         for mid, mean, trace in items:
             try:
                 recs.candidates.append(ms.MeasureCandidate(apply_trace(mod, trace), args_info))
-            except Exception:  # noqa: BLE001  (a trace that no longer replays is left out)
+            except Exception as exc:  # noqa: BLE001  (a trace that no longer replays is left out)
+                log.debug("measurement %d: trace does not replay (%s)", mid, str(exc)[:200])
                 continue
             recs.measurement_ids.append(mid)
             recs.mean_secs.append(mean)
@@ -119,14 +120,14 @@ def load_records(
 
 
 def featurise(records: list[WorkloadRecords]) -> Samples:
-    """Pooled features and labels of replayed records."""
+    """Features and per-workload rank labels of replayed records."""
     from tvm.s_tir import meta_schedule as ms
 
     extractor = ms.feature_extractor.PerStoreFeature()
     xs, ys, ws, secs, ids = [], [], [], [], []
     for r in records:
         xs.append(features.extract(r.context, r.candidates, extractor))
-        ys.append(features.labels(r.mean_secs, r.best_secs))
+        ys.append(features.rank_labels(r.mean_secs))
         ws.extend([r.workload_id] * len(r.candidates))
         secs.extend(r.mean_secs)
         ids.extend(r.measurement_ids)
@@ -145,41 +146,46 @@ def load_samples(
                                   upto_id=upto_id, limit=limit))
 
 
+def usable(model: StoredModel | None) -> bool:
+    """A stored model of the current feature layout (an older layout is retrained, never loaded)."""
+    return model is not None and model.meta.get("layout") == features.LAYOUT
+
+
 def refresh(
     factory: sessionmaker[Session], *, target_key: str, target: dict[str, Any] | str,
     min_new: int = 16, min_growth: float = 0.2, nthread: int = 2,
 ) -> StoredModel | None:
     """Retrain and store a new version when the key's data grew enough; returns the current model."""
-    from cost_model.model import booster_from_bytes, booster_to_bytes, train_booster
-
     with session_scope(factory) as session:
         current = latest(session, target_key=target_key)
-        after = current.max_measurement_id if current else 0
+        after = current.max_measurement_id if usable(current) else 0
         n_new, newest = count_new(session, target_key=target_key, after_id=after)
-    seen = current.n_samples if current else 0
+    seen = current.n_samples if usable(current) else 0
     if n_new < max(min_new, int(min_growth * seen)):
         return current
-    full = current is None or seen + n_new >= 2 * max(current.full_samples, 1)
+    full = not usable(current) or seen + n_new >= 2 * max(current.full_samples, 1)  # type: ignore[union-attr]
     samples = load_samples(factory, target_key=target_key, target=target, after_id=0 if full else after,
                            upto_id=newest)
-    if len(samples) == 0 or not np.any(samples.y > 0):
+    if len(samples) == 0 or len(np.unique(samples.y)) < 2:
         return current
     if full:
-        booster = train_booster(samples.x, samples.y, rounds=FULL_ROUNDS, nthread=nthread)
+        members = ensemble.train_ensemble(samples.x, samples.y, samples.workload_ids, rounds=ensemble.FULL_ROUNDS,
+                                          nthread=nthread)
         n_samples, full_samples = len(samples), len(samples)
     else:
         assert current is not None
-        booster = train_booster(samples.x, samples.y, rounds=INCREMENTAL_ROUNDS, nthread=nthread,
-                                base=booster_from_bytes(current.blob))
+        members = ensemble.train_ensemble(samples.x, samples.y, samples.workload_ids,
+                                          rounds=ensemble.INCREMENTAL_ROUNDS, nthread=nthread,
+                                          bases=ensemble.from_bytes(current.blob), seed=current.version)
         n_samples, full_samples = seen + len(samples), current.full_samples
-    meta = {"features": "per-store sum+max+log1p(n)", "n_features": features.N_FEATURES,
-            "training": "full" if full else "incremental", "new_samples": len(samples)}
+    meta = {"layout": features.LAYOUT, "n_features": features.N_FEATURES, "objective": ensemble.OBJECTIVE,
+            "members": len(members), "training": "full" if full else "incremental", "new_samples": len(samples)}
     try:
         with session_scope(factory) as session:
             racer = latest(session, target_key=target_key)
-            if racer is not None and racer.max_measurement_id >= newest:  # another tuner trained on this data
-                return racer
-            version = save(session, target_key=target_key, blob=booster_to_bytes(booster), n_samples=n_samples,
+            if usable(racer) and racer.max_measurement_id >= newest:  # type: ignore[union-attr]
+                return racer  # another tuner trained on this data
+            version = save(session, target_key=target_key, blob=ensemble.to_bytes(members), n_samples=n_samples,
                            full_samples=full_samples, max_measurement_id=newest, meta=meta)
     except IntegrityError:  # another tuner stored this version first: theirs is as good
         log.info("cost model for %s: another process stored a new version first", target_key[:80])
@@ -193,14 +199,19 @@ def refresh(
 
 
 def load_cost_model(
-    factory: sessionmaker[Session], *, target_key: str, num_threads: int = 2, seed: int | None = None,
+    factory: sessionmaker[Session], *, target_key: str, num_threads: int = 2, seed: int = 0,
+    fallback: Any | None = None,
 ) -> Any:
-    """An ``XGBCostModel`` starting from the key's current stored booster (none: trains from scratch)."""
-    from cost_model.model import XGBCostModel, booster_from_bytes
+    """An ``XGBCostModel`` over the key's current stored ensemble (none usable: ``fallback`` ranks everything).
+
+    ``fallback``: MetaSchedule's model it wraps (default: ``cost_model.model.make_fallback``).
+    """
+    from cost_model.model import XGBCostModel
 
     with session_scope(factory) as session:
         current = latest(session, target_key=target_key)
-    if current is None:
-        return XGBCostModel(num_threads=num_threads, seed=seed)
-    return XGBCostModel(base=booster_from_bytes(current.blob), base_version=current.version,
-                        num_threads=num_threads, seed=seed)
+    if not usable(current):
+        return XGBCostModel(num_threads=num_threads, seed=seed, fallback=fallback)
+    assert current is not None
+    return XGBCostModel(members=ensemble.from_bytes(current.blob), base_version=current.version,
+                        num_threads=num_threads, seed=seed, fallback=fallback)

@@ -1,4 +1,4 @@
-"""Versioned cost-model boosters in the ``cost_models`` table: the current one, and storing the next.
+"""Versioned cost models in ``cost_models``, their evaluations' verdicts, and the model a job used.
 
 Functions are keyword-only, take the caller's session and never commit; they
 return ``StoredModel`` records, never ORM rows. Versions only grow: two tuners
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.engine import as_utc, db_now
-from db.models import CostModelVersion, Measurement
+from db.models import CostModelEvaluation, CostModelVersion, Job, Measurement
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,36 @@ def count_new(session: Session, *, target_key: str, after_id: int) -> tuple[int,
         .where(Measurement.target_key == target_key, Measurement.id > after_id)
     ).one()
     return int(n or 0), int(newest or after_id)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A stored leave-one-model-out verdict of a target key: does tunehub's model rank better?"""
+
+    target_key: str
+    tunehub_wins: bool
+    report: dict[str, Any]
+    created_at: datetime
+
+
+def record_evaluation(session: Session, *, target_key: str, tunehub_wins: bool, report: dict[str, Any]) -> None:
+    """Store an evaluation's verdict with the scores it was drawn from."""
+    session.add(CostModelEvaluation(target_key=target_key, tunehub_wins=tunehub_wins,
+                                    report_json=json.dumps(report, sort_keys=True), created_at=db_now(session)))
+    session.flush()
+
+
+def latest_evaluation(session: Session, *, target_key: str) -> Evaluation | None:
+    """The key's newest evaluation, or None when it was never evaluated."""
+    row = session.scalars(
+        select(CostModelEvaluation).where(CostModelEvaluation.target_key == target_key)
+        .order_by(CostModelEvaluation.id.desc()).limit(1)
+    ).first()
+    if row is None:
+        return None
+    return Evaluation(row.target_key, bool(row.tunehub_wins), json.loads(row.report_json), as_utc(row.created_at))
+
+
+def set_job_cost_model(session: Session, *, job_id: int, kind: str) -> None:
+    """Record which cost model the job's search uses (``tuner.cost_models.CostModelKind`` value)."""
+    session.execute(update(Job).where(Job.id == job_id).values(cost_model=kind))

@@ -163,6 +163,7 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
             time_budget_s=j.time_budget_s,
             end_reason=JobEndReason(j.end_reason) if j.end_reason else None,
             estimated_latency_s=j.estimated_latency_s,
+            cost_model=j.cost_model,
             tasks=tasks[j.id],
         )
         for j in jobs

@@ -85,6 +85,7 @@ class Job(Base):
     time_budget_s: Mapped[float | None] = mapped_column(Float)
     end_reason: Mapped[str | None] = mapped_column(String(40))  # common.protocol.JobEndReason
     estimated_latency_s: Mapped[float | None] = mapped_column(Float)  # sum weight x best-or-estimate, by the tuner
+    cost_model: Mapped[str | None] = mapped_column(String(16))  # the search's cost model (tuner.cost_models), once chosen
     status: Mapped[str] = mapped_column(String(16), index=True)  # common.protocol.JobStatus
     error: Mapped[str | None] = mapped_column(Text)
     tuner_owner: Mapped[str | None] = mapped_column(String(200))
@@ -214,4 +215,15 @@ class CostModelVersion(Base):
     max_measurement_id: Mapped[int] = mapped_column(BigInteger)  # the newest measurement it has seen
     meta_json: Mapped[str] = mapped_column(Text, default="{}")  # feature layout, params, training kind
     blob: Mapped[bytes] = mapped_column(LargeBinary)  # xgboost Booster.save_raw("ubj"), never pickle
+    created_at: Mapped[datetime]
+
+
+class CostModelEvaluation(Base):
+    """One leave-one-model-out evaluation of a target key (``cost_model.leave_out``); the newest decides ``auto``."""
+
+    __tablename__ = "cost_model_evaluations"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    target_key: Mapped[str] = mapped_column(String(1000), index=True)
+    tunehub_wins: Mapped[bool] = mapped_column(Boolean)
+    report_json: Mapped[str] = mapped_column(Text)  # the scores the verdict was drawn from
     created_at: Mapped[datetime]

@@ -433,28 +433,47 @@ app.add_typer(cost_model_app, name="cost-model")
 
 @cost_model_app.command("eval")
 def cost_model_eval(
-    target_key: Annotated[Optional[str], typer.Option(help="Target key (default: the one with most measurements).")] = None,
-    database_url: Annotated[Optional[str], typer.Option(help="Default: TUNEHUB_DATABASE_URL or the data dir's SQLite.")] = None,
-    holdout: Annotated[float, typer.Option(help="Share of each workload's measurements held out.")] = 0.3,
+    target_key: Annotated[str | None, typer.Option(help="Target key (default: the one with most measurements).")] = None,
+    database_url: Annotated[str | None, typer.Option(help="Default: TUNEHUB_DATABASE_URL or the data dir's SQLite.")] = None,
+    leave_out: Annotated[str | None, typer.Option(
+        "--leave-out", help="Hold out this model (id, name or sha256 prefix): train on every other workload, "
+        "score on its candidates.")] = None,
+    holdout: Annotated[float, typer.Option(help="Without --leave-out: share of each workload's measurements held out.")] = 0.3,
     k: Annotated[int, typer.Option("-k", help="k of top-k recall.")] = 5,
+    objective: Annotated[str | None, typer.Option(
+        help="XGBoost objective of tunehub's ensemble (default: rank:pairwise; e.g. rank:ndcg, reg:squarederror).")] = None,
+    record: Annotated[bool, typer.Option(
+        "--record", help="With --leave-out: store the verdict; the key's newest one decides cost_model=auto.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """Pairwise ranking accuracy and top-k recall on held-out measurements, beside MetaSchedule's XGBModel."""
+    """Pairwise ranking accuracy and top-k recall of tunehub's model beside MetaSchedule's XGBModel."""
     from common.errors import TunehubError
-    from cost_model.evaluate import evaluate, markdown
+    from cost_model import ensemble, evaluate
+    from cost_model import leave_out as lo
     from db.engine import make_engine, make_sessionmaker
 
     engine = make_engine(database_url or get_settings().resolved_database_url(), null_pool=True)
+    factory = make_sessionmaker(engine)
     try:
-        scores = evaluate(make_sessionmaker(engine), target_key=target_key, holdout=holdout, k=k)
+        if leave_out is None:
+            scores: Any = evaluate.evaluate(factory, target_key=target_key, holdout=holdout, k=k,
+                                            objective=objective or ensemble.OBJECTIVE)
+        else:
+            scores = lo.evaluate_leave_out(factory, model=leave_out, target_key=target_key, k=k,
+                                           objective=objective or ensemble.OBJECTIVE)
+            if record:
+                lo.record(factory, target_key=scores.target_key, tunehub_wins=scores.tunehub_wins,
+                          report=scores.as_dict())
     except TunehubError as exc:
         _fail(exc)
     finally:
         engine.dispose()
     if as_json:
-        typer.echo(json.dumps(scores.as_dict(), indent=2))
+        typer.echo(json.dumps(lo._json_safe(scores.as_dict()) if leave_out else scores.as_dict(), indent=2))
+    elif leave_out is None:
+        typer.echo(f"target key {scores.target_key}\n\n{evaluate.markdown(scores)}")
     else:
-        typer.echo(f"target key {scores.target_key}\n\n{markdown(scores)}")
+        typer.echo(f"target key {scores.target_key}\n\n{lo.markdown(scores)}")
 
 
 records_app = typer.Typer(help="Your own MetaSchedule records in tunehub (tunehub.metaschedule.Database).",

@@ -13,11 +13,11 @@ ratios between tasks need to be right.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from common.workload_facts import argument_bytes
 
 _GPU_KINDS = frozenset({"cuda", "rocm", "metal", "vulkan", "opencl", "webgpu"})
 
@@ -37,18 +37,6 @@ def throughput(target: Mapping[str, Any]) -> Throughput:
         return Throughput(flops_per_s=5e12, bytes_per_s=4e11, floor_s=5e-6)
     cores = max(1, int(target.get("num-cores") or 1))
     return Throughput(flops_per_s=10e9 * cores, bytes_per_s=min(8e9 * cores, 40e9), floor_s=1e-6)
-
-
-def argument_bytes(args_info_json: str) -> int:
-    """Bytes of a workload's arguments, from MetaSchedule's ArgInfo JSON (``[["TENSOR", dtype, shape], ...]``)."""
-    total = 0
-    for arg in json.loads(args_info_json or "[]"):
-        if not (isinstance(arg, list) and len(arg) == 3 and arg[0] == "TENSOR"):
-            continue
-        _, dtype, shape = arg
-        bits = int("".join(ch for ch in str(dtype) if ch.isdigit()) or 32)
-        total += math.prod(int(d) for d in shape) * max(1, bits // 8)
-    return total
 
 
 def estimate_latency(*, flops: float | None, args_info_json: str, target: Mapping[str, Any]) -> float:

@@ -20,12 +20,12 @@ returns None when it does not. ``carry_family_over`` does this for a job's task.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from common.workload_facts import family_key
 from tuner.errors import TVM_ERRORS
 
 if TYPE_CHECKING:
@@ -38,29 +38,6 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_FAMILY = "unknown"
 """The family stored for a workload whose skeleton cannot be read: it matches nothing real."""
-
-
-def _prim_func(mod: Any) -> Any:
-    funcs = list(mod.functions.values())
-    if len(funcs) != 1:
-        raise ValueError(f"a workload has one PrimFunc, this module has {len(funcs)}")
-    return funcs[0]
-
-
-def family_key(mod: Any) -> str:
-    """A 16-hex-digit key equal for workloads that differ only in shapes and dtypes."""
-    from tvm import s_tir
-
-    func = _prim_func(mod)
-    sch = s_tir.Schedule(mod)
-    parts = [f"params:{len(func.params)}"]
-    for block_rv in sch.get_child_blocks(sch.get_sblock("root")):
-        block = sch.get(block_rv)
-        iters = "".join({0: "S", 2: "R"}.get(int(iv.iter_type), "O") for iv in block.iter_vars)
-        reads = ",".join(str(len(r.region)) for r in block.reads)
-        writes = ",".join(str(len(w.region)) for w in block.writes)
-        parts.append(f"{block.name_hint}:{iters}:r{reads}:w{writes}:l{len(sch.get_loops(block_rv))}")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _divisors(n: int) -> list[int]:
