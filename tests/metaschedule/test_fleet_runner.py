@@ -67,7 +67,9 @@ def test_tune_tir_measures_on_the_fleet_and_survives_a_lost_worker(tmp_path: Pat
 
         # A worker lost mid-batch: the script finishes, the batch's candidates come back as errors.
         before = len(db)
-        lost = FleetRunner(h.server, token=token, target=worker.target, timeout_s=60, poll_s=0.5)
+        # The batch's timeout runs from its submission: the idle worker leases it within a poll (1 s),
+        # then is killed; the runner gives up on the rest after 30 s.
+        lost = FleetRunner(h.server, token=token, target=worker.target, timeout_s=30, poll_s=0.5)
         done = threading.Event()
         crashed: list[BaseException] = []
 
