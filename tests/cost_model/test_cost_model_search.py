@@ -56,3 +56,23 @@ def test_quick_leave_out_search_reports_both_curves(db_url: str, session_factory
     assert s["tunehub_worse_by_5pct"] == (row["final_ratio"] > bench.WORSE)
     md = out.with_suffix(".md").read_text()
     assert "| resnet | matmul32 |" in md and "Median trials ratio" in md
+
+
+def test_summary_counts_a_never_reached_goal_as_infinitely_slow_and_flags_worse_endings() -> None:
+    import cost_model_search as bench
+
+    assert bench.trials_to([None, 3.0, 2.0, 2.0, 1.0], 2.0) == 3 and bench.trials_to([None, 3.0], 2.0) is None
+
+    def row(task: str, ms_t: int, th_t: int | None, final: float) -> dict[str, object]:
+        return {"task": task, "ms_best_secs": 1.0, "tunehub_best_secs": final, "final_ratio": final,
+                "metaschedule_trials_to_goal": ms_t, "tunehub_trials_to_goal": th_t,
+                "trials_ratio": th_t / ms_t if th_t else None}
+
+    fast = [row("a", 100, 20, 0.98), row("b", 200, 50, 1.0), row("c", 64, None, 1.2)]
+    s = bench.summary(fast)
+    assert s["median_trials_ratio"] == 0.25 and s["tunehub_never_reached"] == 1
+    assert s["tunehub_worse_by_5pct"] == 1 and s["worse_tasks"] == ["c"] and not s["target_met"]
+    assert bench.summary(fast[:2])["target_met"], "median 0.225 ≤ 0.5, none worse"
+    never = bench.summary([row("a", 100, None, 1.0), row("b", 100, None, 1.0), row("c", 100, 10, 1.0)])
+    assert never["median_trials_ratio"] is None and never["median_is_never"] and not never["target_met"]
+    assert bench.summary([])["tasks_scored"] == 0 and not bench.summary([])["target_met"]
