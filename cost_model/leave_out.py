@@ -119,6 +119,22 @@ def split(
     return Split(target_key, model_id, name, held, train, test)
 
 
+def fleet_ensemble(
+    sp: Split, *, nthread: int = 2, seed: int = 0, objective: str = ensemble.OBJECTIVE,
+) -> tuple[list[Any], int]:
+    """(members, training rows) of the ensemble trained on the split's training records only.
+
+    No members when the rows cannot be ranked (none, or all one label): a job then ranks with MetaSchedule's model.
+    """
+    from cost_model.store import featurise
+
+    train = featurise(sp.train)
+    if len(np.unique(train.y)) < 2:
+        return [], len(train)
+    return (ensemble.train_ensemble(train.x, train.y, train.workload_ids, nthread=nthread, seed=seed,
+                                    objective=objective), len(train))
+
+
 def evaluate_leave_out(
     factory: sessionmaker[Session], *, model: str, target_key: str | None = None,
     target: dict[str, Any] | str | None = None, k: int = 5, nthread: int = 2, seed: int = 0,
@@ -134,10 +150,7 @@ def evaluate_leave_out(
     sp = split(factory, model=model, target_key=target_key, target=target, records=records)
     if not sp.test:
         raise BadInput(f"model {sp.model_name!r} has no measured candidates on {sp.target_key!r}")
-    train = featurise(sp.train)
-    members = (ensemble.train_ensemble(train.x, train.y, train.workload_ids, nthread=nthread, seed=seed,
-                                       objective=objective)
-               if len(np.unique(train.y)) > 1 else [])
+    members, n_train = fleet_ensemble(sp, nthread=nthread, seed=seed, objective=objective)
     fleet_ms = metaschedule_model(nthread)
     for r in sp.train:
         fleet_ms.update(r.context, r.candidates, runner_results(r.mean_secs))
@@ -179,7 +192,6 @@ def evaluate_leave_out(
         per_job.update(r.context, [r.candidates[i] for i in first], first_results)
         later[BASELINE][wid] = np.asarray(per_job.predict(r.context, late_cands))
 
-    n_train = len(train)
     later_scores = [score(n, p, {w: s for w, s in later_secs.items() if w in p}, k=k, train_samples=n_train)
                     for n, p in later.items()]
     all_scores = [score(n, p, {w: s for w, s in all_secs.items() if w in p}, k=k, train_samples=n_train)
