@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
-from test_cost_model import store_measurements
+from measured_records import store_measurements
 
 
 @pytest.mark.slow
