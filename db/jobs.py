@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, defer
 
 from common.errors import BadInput, Conflict, NotFound
@@ -18,6 +18,7 @@ from common.protocol import JobEndReason, JobPublic, JobStatus, TaskPublic, Task
 from db import queue
 from db.engine import as_utc, db_now
 from db.models import Candidate, Job, Measurement, Model, Task, Workload
+from db.ranking import task_bests
 
 
 
@@ -104,8 +105,6 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
             Candidate.task_id.label("task_id"),
             func.count(Measurement.id).label("done"),
             func.count(Measurement.mean_secs).label("valid"),
-            # a time refuted by a second worker (db.confirmation) is nobody's best
-            func.min(case((Measurement.confirmation == "rejected", None), else_=Measurement.mean_secs)).label("best"),
         )
         .join(Measurement, Measurement.candidate_id == Candidate.id)
         .where(Candidate.task_id.in_(task_ids), Candidate.confirms_measurement_id.is_(None))  # trials, not re-checks
@@ -124,13 +123,14 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
             Workload.flops,
             stats.c.done,
             stats.c.valid,
-            stats.c.best,
         )
         .join(Workload, Workload.id == Task.workload_id)
         .outerjoin(stats, stats.c.task_id == Task.id)
         .where(Task.job_id.in_(job_ids))
         .order_by(Task.id)
     )
+    rows = rows.all()
+    bests = task_bests(session, task_ids=[r.id for r in rows])  # the one "best" (db.ranking), per task
     tasks: dict[int, list[TaskPublic]] = {jid: [] for jid in job_ids}
     for r in rows:
         tasks[r.job_id].append(
@@ -142,7 +142,7 @@ def _jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
                 flops=r.flops,
                 trials_done=r.done or 0,
                 trials_valid=r.valid or 0,
-                best_latency_s=r.best,
+                best_latency_s=bests.get(r.id),
                 share=r.share,
                 why=TaskReason(r.why) if r.why else None,
             )

@@ -1,7 +1,8 @@
 """The one definition of "best": valid measurements of a workload on a target key, ranked.
 
 Policy (every "best" in tunehub goes through here: config downloads,
-``SqlDatabase.get_top_k``, family transfer, 0-trial answers, cost-model labels):
+``SqlDatabase.get_top_k``, family transfer, 0-trial answers, cost-model labels,
+a job's per-task progress):
 
 - **valid**: exactly MetaSchedule's ``TuningRecord::IsValid`` (TVM 0.27,
   ``src/s_tir/meta_schedule/database/database.cc``), so the fleet's "best" and
@@ -220,6 +221,30 @@ def ranked_measurements(
             flagged=bool(r.flagged), confirmed=r.confirmation == Confirmation.confirmed.value,
         ))
     return out
+
+
+def task_bests(session: Session, *, task_ids: Iterable[int]) -> dict[int, float]:
+    """{task id: mean seconds of the best of its own measurements, by this policy}; tasks with none are absent.
+
+    A job's progress per task (``db.jobs``): the same rule as the workload's best,
+    over one task's candidates, so a job never shows a refuted, flagged-over-clean
+    or pending-over-settled time that no bundle would serve.
+    """
+    ids = sorted(set(task_ids))
+    if not ids:
+        return {}
+    ranked = (
+        select(
+            Candidate.task_id.label("task_id"),
+            Measurement.mean_secs.label("mean_secs"),
+            func.row_number().over(partition_by=Candidate.task_id, order_by=RANK_ORDER).label("rank"),
+        )
+        .join(Candidate, Candidate.id == Measurement.candidate_id)
+        .where(Candidate.task_id.in_(ids), valid_measurement())
+        .subquery()
+    )
+    rows = session.execute(select(ranked.c.task_id, ranked.c.mean_secs).where(ranked.c.rank == 1))
+    return {r.task_id: float(r.mean_secs) for r in rows}
 
 
 def best_records(

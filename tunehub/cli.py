@@ -10,8 +10,10 @@ and a worker's start stay fast (no TVM, FastAPI or SQLAlchemy at import).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
@@ -73,6 +75,29 @@ def _report(exc: BaseException, *, hint: str | None = None) -> int:
     for line in lines:
         err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_ERROR
+
+
+INTERRUPT_GRACE_S = 5.0
+"""After Ctrl-C, how long the CLI may take to unwind (close connections, the live table) before it exits anyway."""
+
+
+def _on_interrupt(_signum: int, _frame: object) -> None:
+    """Ctrl-C: raise KeyboardInterrupt as Python does, and make sure the process ends even if unwinding hangs.
+
+    A KeyboardInterrupt can land inside a library's lock (an HTTP connection
+    pool's, seen once on a busy machine), and the library's own cleanup then
+    waits on that lock forever; a person pressing Ctrl-C must get their shell back.
+    """
+    def force_exit() -> None:
+        if not _reported:
+            for line in explain(KeyboardInterrupt()):
+                err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+        os._exit(EXIT_INTERRUPTED)
+
+    timer = threading.Timer(INTERRUPT_GRACE_S, force_exit)
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -547,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     sees a traceback unless they asked with ``--debug``.
     """
     command = typer.main.get_command(app)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_interrupt)  # daemons (serve, worker) install their own stop handler
     try:
         code = int(command.main(args=argv, prog_name="tunehub", standalone_mode=False) or 0)
     except typer.Exit as exc:

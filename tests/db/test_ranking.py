@@ -49,9 +49,11 @@ def test_one_policy_everywhere(session_factory: sessionmaker[Session]) -> None:
             ]
         }
         own = add_measurement(s, task=other, worker=worker, trace_json='["own"]', run_secs=[1e-6])
-        only_flagged = add_measurement(s, task=add_task(s, job=done, workload=sibling), worker=worker,
-                                       trace_json='["sib"]', run_secs=[1e-5], flagged=True)
-        ids = dict(wl=wl.id, sibling=sibling.id, task=task.id, other=other.id, running=running.id, done=done.id)
+        sibling_task = add_task(s, job=done, workload=sibling)
+        only_flagged = add_measurement(s, task=sibling_task, worker=worker, trace_json='["sib"]', run_secs=[1e-5],
+                                       flagged=True)
+        ids = dict(wl=wl.id, sibling=sibling.id, task=task.id, other=other.id, running=running.id, done=done.id,
+                   sibling_task=sibling_task.id)
 
     with session_scope(session_factory) as s:
         ranked = ranking.ranked_measurements(s, target_key=key, workload_ids=[ids["wl"]], per_workload=10,
@@ -78,6 +80,10 @@ def test_one_policy_everywhere(session_factory: sessionmaker[Session]) -> None:
         members = family_bests(s, family="fam", target_key=key, exclude_workload_id=ids["sibling"], flops=200.0,
                                per_workload=3)
         assert [(mb.workload_id, mb.traces) for mb in members] == [(ids["wl"], ['["own"]', '["best"]', '["tie"]'])]
+        # A job's progress per task: the same order over the task's own measurements (not the faster
+        # flagged one, not the invalid ones), a flagged one where nothing else is valid.
+        assert ranking.task_bests(s, task_ids=[ids["task"], ids["other"], ids["sibling_task"]]) == {
+            ids["task"]: 2e-4, ids["other"]: 1e-6, ids["sibling_task"]: 1e-5}
         assert ranking.ranked_measurements(s, target_key="other", workload_ids=[ids["wl"]]) == {}
         assert ranking.ranked_measurements(s, target_key=key, workload_ids=[]) == {}
 
