@@ -9,6 +9,7 @@ minus HTTP and the sandbox. Real TVM, real SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -341,6 +342,9 @@ def test_a_later_task_starts_from_an_earlier_sibling(db_url: str, session_factor
     c = counts(session_factory, rows.job_id)
     assert c["status"] == "done" and c["measured"] == 8, c["error"]
     carried = [r.getMessage() for r in caplog.records if "carried over" in r.getMessage()]
-    # The sibling's measurements already reached the job's shared cost model: not fed twice.
-    assert carried == [f"job {rows.job_id} task matmul32: 4 schedules carried over from 1 workloads of its family "
-                       "(4 tried); cost model trained on 0 of their measurements"]
+    # The sibling's 4 measured schedules are tried; refitted to 32³, two may become one schedule (which
+    # ones the search proposed depends on measured times). Its measurements already reached the job's
+    # shared cost model: not fed twice.
+    assert len(carried) == 1 and re.fullmatch(
+        rf"job {rows.job_id} task matmul32: [1-4] schedules carried over from 1 workloads of its family "
+        r"\(4 tried\); cost model trained on 0 of their measurements", carried[0]), carried
