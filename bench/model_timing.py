@@ -5,7 +5,10 @@ model (TVM untuned, TVM with configs, onnxruntime) lives in its own child
 process: it loads/compiles once, writes its outputs on fixed inputs, then
 answers ``run`` lines on stdin with one timing round each. The parent
 alternates rounds across the variants so that a busy spell on the shared box
-hits all of them alike, and keeps the median round per variant.
+hits all of them alike, and keeps the median round per variant. While one
+variant is timed every other variant's process is stopped (SIGSTOP): an idle
+thread pool spins for a while after its last call (onnxruntime's and TVM's
+both do), and a neighbour still spinning on the two cores made rounds bimodal.
 
 Child: ``python bench/model_timing.py child SPEC_JSON``. Profile child:
 ``python bench/model_timing.py profile SPEC_JSON`` prints a per-operator table as JSON.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -104,6 +108,7 @@ def child(spec: dict[str, Any]) -> None:
     for line in sys.stdin:
         if not line.strip():
             break
+        call()  # warm again: caches and thread pool were idle (stopped) since the last round
         n, start = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) * 1e3 < ROUND_MS or n < 3:
             call()
@@ -125,6 +130,22 @@ def _read_json(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
     raise RuntimeError(f"{what} exited (rc {proc.wait()}) before answering")
 
 
+def _signal(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+
+
+def _timed_round(proc: subprocess.Popen[str], procs: list[subprocess.Popen[str]], label: str) -> float:
+    """One timing round of ``proc`` with every other variant's process stopped (ms per call)."""
+    for other in procs:
+        _signal(other, signal.SIGCONT if other is proc else signal.SIGSTOP)
+    time.sleep(0.05)  # threads that were mid-spin when stopped stay frozen; let the kernel settle
+    assert proc.stdin is not None
+    proc.stdin.write("run\n")
+    proc.stdin.flush()
+    return float(_read_json(proc, label)["ms"])
+
+
 def time_side_by_side(variants: list[Variant], workdir: Path, rounds: int = 7) -> dict[str, dict[str, Any]]:
     """Median ms per call of each variant, rounds alternated across variants; outputs compared to the first."""
     import numpy as np
@@ -140,12 +161,10 @@ def time_side_by_side(variants: list[Variant], workdir: Path, rounds: int = 7) -
         runs: dict[str, list[float]] = {v.label: [] for v in variants}
         for _ in range(rounds):
             for v, proc in zip(variants, procs, strict=True):
-                assert proc.stdin is not None
-                proc.stdin.write("run\n")
-                proc.stdin.flush()
-                runs[v.label].append(_read_json(proc, v.label)["ms"])
+                runs[v.label].append(_timed_round(proc, procs, v.label))
     finally:
         for proc in procs:
+            _signal(proc, signal.SIGCONT)
             if proc.stdin:
                 proc.stdin.close()
             try:

@@ -14,6 +14,7 @@ are latency/ORT latency (below 1: TVM wins); outputs are compared to ORT's.
     python bench/models.py --cache /tmp/models                          # full: 6 models, 5/10/20 min (~2.5 h)
     python bench/models.py --cache /tmp/models --models small_cnn,ds_cnn_kws --budget-min 2 --checkpoints 1,2
     python bench/models.py --cache /tmp/models --profile resnet18_112 [--configs DIR]
+    python bench/models.py --cache /tmp/models --resume                 # go on after an interrupted run
 
 Results: ``bench/results/models.json`` (``models_quick.json`` when the budget
 is under the default; ``models_profile_MODEL.json`` for ``--profile``).
@@ -54,13 +55,14 @@ def local_service(workdir: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
 
 
 def tune_with_checkpoints(client: Any, model: Path, target: dict[str, Any], checkpoints: list[float],
-                          out: Path) -> list[dict[str, Any]]:
+                          out: Path, trials_per_round: int | None = None) -> list[dict[str, Any]]:
     """One job for ``model``; at each checkpoint (minutes since the job started running) save its configs."""
     from common.errors import TunehubError
     from tuner.configs import extract_config_zip
 
     uploaded = client.upload_model(model, name=model.stem)
-    job = client.create_job(uploaded.id, target, int(TRIALS_PER_MIN * max(checkpoints)) + 64)
+    job = client.create_job(uploaded.id, target, int(TRIALS_PER_MIN * max(checkpoints)) + 64,
+                            trials_per_round=trials_per_round)
     while (job := client.job(job.id)).started_at is None and job.status.value not in ("failed", "cancelled", "done"):
         time.sleep(1)
     started = time.monotonic()
@@ -90,14 +92,16 @@ def _task_count(model: Path, target: dict[str, Any]) -> int:
 
 
 def tune_model(name: str, cache: Path, workdir: Path, checkpoints: list[float],
-               service: tuple[Any, dict[str, Any]]) -> dict[str, Any]:
+               service: tuple[Any, dict[str, Any]], trials_per_round: int | None = None) -> dict[str, Any]:
     """Export, count tasks and tune one model within the budget; configs saved per checkpoint."""
     client, target = service
     model = export_onnx(name, cache)
     result: dict[str, Any] = {"model": name, "description": ZOO[name].description, "family": ZOO[name].family,
                               "onnx": str(model), "tasks": _task_count(model, target), "target": target}
     print(f"{name}: {result['tasks']} tasks; tuning {checkpoints[-1]:g} min", flush=True)
-    result["checkpoints"] = tune_with_checkpoints(client, model, target, checkpoints, workdir / name)
+    result["checkpoints"] = tune_with_checkpoints(client, model, target, checkpoints, workdir / name,
+                                                 trials_per_round)
+    result["trials_per_round"] = trials_per_round
     return result
 
 
@@ -192,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="MODEL", default=None, help="per-operator TVM vs ORT profile of one model")
     p.add_argument("--configs", type=Path, default=None, help="with --profile: a config folder for TVM")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default under bench/results)")
+    p.add_argument("--trials-per-round", type=int, default=None,
+                   help="candidates per task per search round (default: the service's)")
+    p.add_argument("--resume", action="store_true", help="skip models WORKDIR/tuned.json has from a cut-short run")
     args = p.parse_args(argv)
 
     checkpoints = [float(c) for c in args.checkpoints.split(",")] if args.checkpoints else list(DEFAULT_CHECKPOINTS)
@@ -208,18 +215,46 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in ZOO]
         if unknown:
             p.error(f"unknown models {unknown}; choose from {list(ZOO)}")
-        print(f"{len(names)} models x {checkpoints[-1]:g} min tuning (+ ~3 min timing each)", flush=True)
-        with local_service(workdir) as service:  # tune everything first, then time on a quieter box
-            tuned = [tune_model(name, args.cache, workdir, checkpoints, service) for name in names]
-        results = [time_model(r, workdir, args.rounds) for r in tuned]
-        result = {"checkpoints_min": checkpoints, "models": results, "summary": summarize(results, checkpoints)}
         quick = checkpoints[-1] < DEFAULT_CHECKPOINTS[-1]
         out = args.out or RESULTS / ("models_quick.json" if quick else "models.json")
+        tuned = tune_all(names, args.cache, workdir, checkpoints, resume=args.resume,
+                         trials_per_round=args.trials_per_round)
+        results: list[dict[str, Any]] = []
+        for r in tuned:  # the JSON is rewritten after each model, so an interrupted run keeps what it timed
+            results.append(time_model(r, workdir, args.rounds))
+            result = {"checkpoints_min": checkpoints, "complete": len(results) == len(tuned), "models": results,
+                      "summary": summarize(results, checkpoints)}
+            _write(out, result)
         print(json.dumps(result["summary"], indent=1))
+        return 0
+    _write(out, result)
+    return 0
+
+
+def _write(out: Path, result: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(f"wrote {out}")
-    return 0
+    print(f"wrote {out}", flush=True)
+
+
+def tune_all(names: list[str], cache: Path, workdir: Path, checkpoints: list[float],
+             resume: bool, trials_per_round: int | None = None) -> list[dict[str, Any]]:
+    """Tune each model in turn on one service; ``WORKDIR/tuned.json`` records each as it finishes.
+
+    With ``resume``, models already in that file are not tuned again (the
+    service restarts on the same database), so a run cut short goes on.
+    """
+    record = workdir / "tuned.json"
+    done: list[dict[str, Any]] = json.loads(record.read_text()) if resume and record.exists() else []
+    todo = [n for n in names if n not in {r["model"] for r in done}]
+    print(f"{len(todo)} models x {checkpoints[-1]:g} min tuning (+ ~3 min timing each); "
+          f"{len(names) - len(todo)} already tuned", flush=True)
+    if todo:
+        with local_service(workdir) as service:  # tune everything first, then time on a quieter box
+            for name in todo:
+                done.append(tune_model(name, cache, workdir, checkpoints, service, trials_per_round))
+                record.write_text(json.dumps(done, indent=1, default=str) + "\n")
+    return [r for name in names for r in done if r["model"] == name]
 
 
 if __name__ == "__main__":
