@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     tuner_grace_s: float = Field(20.0, gt=0, description="A job whose tuner is silent this long is reclaimed.")
     tuner_poll_s: float = Field(0.5, gt=0)
     tuner_max_jobs: int = Field(2, gt=0, description="Jobs one tuner process runs at once.")
-    num_trials_per_iter: int = Field(16, gt=0, description="Candidates per task per search round.")
+    num_trials_per_iter: int = Field(
+        32, gt=0,
+        description="Candidates per task per search round. A round costs about as much to search as 32 "
+        "candidates take to measure on a 2-core worker, so search and measurement keep pace in the pipeline.",
+    )
     search_threads: int = Field(2, gt=0)
     search_population: int = Field(
         512, ge=16, le=4096,

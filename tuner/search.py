@@ -178,6 +178,7 @@ class TaskSearch:
         )
         self._seen: set[int] = set()  # structural hashes of scheduled modules measured or proposed
         self._transfers: list[Proposal] = []  # adapted schedules of the family, proposed first
+        self._backlog: list[Proposal] = []  # a round's candidates beyond what was asked, proposed next
         self._empty_rounds = 0
         self._closed = False
         self.exhausted = False
@@ -278,17 +279,25 @@ class TaskSearch:
     # --- the loop ---------------------------------------------------------------
 
     def propose(self, n: int) -> list[Proposal]:
-        """Up to ``n`` new candidates; [] when there are none this round (see ``exhausted``)."""
+        """Up to ``n`` new candidates; [] when there are none this round (see ``exhausted``).
+
+        A search round yields ``num_trials_per_iter`` candidates whatever ``n`` is
+        (a first batch asks for fewer); the rest wait in a backlog, proposed before
+        the next round's, instead of being thrown away: the round is most of the cost.
+        """
         if self.exhausted or n <= 0:
             return []
         if self._transfers:
             taken, self._transfers = self._transfers[:n], self._transfers[n:]
             return taken
+        taken, self._backlog = self._backlog[:n], self._backlog[n:]
+        if len(taken) == n:
+            return taken
         cands = self.strategy.generate_measure_candidates()
         if cands is None:
             log.info("task %s: search space exhausted", self.task_name)
             self.exhausted = True
-            return []
+            return taken
         fresh = []
         for cand in cands:
             key = self._key(cand.sch)
@@ -296,8 +305,6 @@ class TaskSearch:
                 continue
             self._seen.add(key)
             fresh.append(Proposal(trace_to_json(cand.sch.trace), cand))
-            if len(fresh) == n:
-                break
         if fresh:
             self._empty_rounds = 0
         else:
@@ -305,7 +312,9 @@ class TaskSearch:
             if self._empty_rounds >= self.config.max_empty_rounds:
                 log.info("task %s: %d rounds without a new schedule, exhausted", self.task_name, self._empty_rounds)
                 self.exhausted = True
-        return fresh
+        taken += fresh
+        taken, self._backlog = taken[:n], taken[n:]
+        return taken
 
     def observe(self, proposals: Sequence[Proposal], outcomes: Sequence[MeasurementOutcome], *, notify: bool = True) -> None:
         """Feed measurements back: database, cost model, and (``notify``) the strategy."""

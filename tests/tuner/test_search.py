@@ -70,6 +70,38 @@ def test_task_search_proposes_learns_and_never_repeats() -> None:
         search.close()  # idempotent
 
 
+class _CountingStrategy:
+    """The real strategy, counting its search rounds."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.rounds = inner, 0
+
+    def generate_measure_candidates(self) -> Any:
+        self.rounds += 1
+        return self.inner.generate_measure_candidates()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_rounds_surplus_is_proposed_next_without_another_round() -> None:
+    mod = matmul_workload(32)
+    search = TaskSearch(mod, CPU_TARGET, max_trials=64, num_trials_per_iter=8, num_threads=1, config=FAST, seed=3)
+    search.strategy = counting = _CountingStrategy(search.strategy)
+    try:
+        first = search.propose(2)  # a small first batch from a round of eight
+        rest = search.propose(6)
+        assert counting.rounds == 1
+        assert len(first) == 2 and 1 <= len(rest) <= 6
+        keys = [_key(p.candidate.sch) for p in first + rest]
+        assert len(set(keys)) == len(keys)
+        more = search.propose(4)  # the backlog is spent: a new round, nothing proposed twice
+        assert counting.rounds == 2
+        assert not {_key(p.candidate.sch) for p in more} & set(keys)
+    finally:
+        search.close()
+
+
 def _rows(factory: sessionmaker[Session], mod: Any) -> tuple[int, int, str]:
     """A job with one task on ``mod``: (task id, workload id, target key)."""
     with session_scope(factory) as s:
