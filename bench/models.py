@@ -166,6 +166,33 @@ def summarize(results: list[dict[str, Any]], checkpoints: list[float]) -> dict[s
     }
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The README's table of a run: latencies in ms as median round / best round, ratios to onnxruntime likewise."""
+    cps = result["checkpoints_min"]
+
+    def ms(v: dict[str, Any] | None) -> str:
+        return "–" if v is None else f"{v['median_ms']:.3g} / {min(v['runs_ms']):.3g}"
+
+    head = (["model", "tasks", f"trials at {', '.join(f'{c:g}' for c in cps)} min", "untuned"]
+            + [f"tuned {c:g} min" for c in cps] + ["onnxruntime", f"tuned {cps[-1]:g} min / ORT", "max rel. error"])
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    last = f"tuned_{cps[-1]:g}min"
+    for m in result["models"]:
+        lat = m["latency"]
+        trials = ", ".join(str(c["trials_done"]) for c in m["checkpoints"])
+        ratio = f"{m['ratio_vs_ort'].get(last, float('nan')):.2f} / {m['ratio_vs_ort_best_round'].get(last, float('nan')):.2f}"
+        err = max(v["max_rel_err_vs_ref"] for v in lat.values())
+        rows.append("| " + " | ".join([m["model"], str(m["tasks"]), trials, ms(lat.get("untuned_default"))]
+                                      + [ms(lat.get(f"tuned_{c:g}min")) for c in cps]
+                                      + [ms(lat.get("ort")), ratio, f"{err:.1e}"]) + " |")
+    summary = result["summary"]
+    rows.append("")
+    rows.append(f"Geometric mean of tuned {cps[-1]:g} min / onnxruntime: "
+                f"{summary['geomean_ratio_vs_ort'].get(last)} by median rounds, "
+                f"{summary['geomean_ratio_vs_ort_best_round'].get(last)} by best rounds.")
+    return "\n".join(rows)
+
+
 def run_profile(name: str, cache: Path, configs: Path | None, target: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Top operators by time, TVM (VM call instrument) beside onnxruntime (its profiler)."""
     model = str(export_onnx(name, cache))
@@ -187,7 +214,7 @@ def run_profile(name: str, cache: Path, configs: Path | None, target: dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cache", type=Path, required=True, help="folder for the exported ONNX models")
+    p.add_argument("--cache", type=Path, default=Path("/tmp/models"), help="folder for the exported ONNX models")
     p.add_argument("--workdir", type=Path, default=None, help="service data, configs, logs (default CACHE/run)")
     p.add_argument("--models", default=",".join(ZOO), help=f"comma-separated, from {', '.join(ZOO)}")
     p.add_argument("--budget-min", type=float, default=None, help="tuning minutes per model (default: last checkpoint)")
@@ -198,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="result JSON (default under bench/results)")
     p.add_argument("--trials-per-round", type=int, default=None,
                    help="candidates per task per search round (default: the service's)")
+    p.add_argument("--table", type=Path, default=None, metavar="JSON", help="print a result JSON as a markdown table")
     p.add_argument("--resume", action="store_true", help="skip models WORKDIR/tuned.json has from a cut-short run")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return 0
 
     checkpoints = [float(c) for c in args.checkpoints.split(",")] if args.checkpoints else list(DEFAULT_CHECKPOINTS)
     if args.budget_min is not None:
