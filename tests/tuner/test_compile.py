@@ -62,7 +62,7 @@ def mlp_configs(mlp_bytes: bytes, cpu_target: dict[str, Any], tmp_path_factory: 
     return extract_config_zip(build_config_zip(records, cpu_target), tmp_path_factory.mktemp("mlp-configs"))
 
 
-@pytest.mark.parametrize(("model", "functions"), [("mlp", 3), ("convnet", 6)])
+@pytest.mark.parametrize(("model", "functions"), [("mlp", 3), ("convnet", 7)])
 def test_untuned_matches_onnx_reference(
     model: str, functions: int, example_models: dict[str, Path], cpu_target: dict[str, Any]
 ) -> None:

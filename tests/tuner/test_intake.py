@@ -13,17 +13,26 @@ from onnx import TensorProto, helper, numpy_helper
 from common.errors import BadInput, TooLarge, Unavailable
 from common.settings import Settings
 from common.tvm_json import workload_from_json, workload_hash
-from tuner.intake import ExtractedWorkload, as_target, extract_workloads, fuse_for_tuning, inspect_onnx, onnx_to_relax
+from tuner.intake import (
+    CPU_CONV_LAYOUTS,
+    ExtractedWorkload,
+    as_target,
+    extract_workloads,
+    fuse_for_tuning,
+    inspect_onnx,
+    onnx_to_relax,
+)
 from tuner.intake_checks import IntakeLimits
 from tuner.intake_sandbox import extract_in_sandbox, inspect_in_sandbox, intake_slots
 
 MLP_TASKS = {"fused_matmul_add_relu", "fused_matmul1_add_relu", "fused_matmul2_add1"}
-CONVNET_TASKS = {
+CONVNET_TASKS = {  # on CPU: channels-last convolutions, with a transpose at each edge of the conv stack
+    "transpose",
     "fused_conv2d_add_relu",
     "max_pool2d",
     "fused_conv2d1_add1_relu1",
     "mean",
-    "reshape2",
+    "fused_transpose5_reshape2",
     "fused_matmul_add2",
 }
 
@@ -336,7 +345,8 @@ def test_weights_marked_layout_free_as_tvm_prepack_pipeline_does(convnet_bytes: 
     target = as_target(cpu_target)
     mod = onnx_to_relax(convnet_bytes)
     ours = fuse_for_tuning(mod, target)
-    passes = [*relax_pipeline.library_dispatch_passes(target), relax.transform.LegalizeOps(),
+    passes = [*relax_pipeline.library_dispatch_passes(target), relax.transform.ConvertLayout(CPU_CONV_LAYOUTS),
+              relax.transform.LegalizeOps(),
               relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
               relax.transform.FuseTIR(), relax.transform.AttachAttrLayoutFreeBuffers()]
     with target, tvm.transform.PassContext(opt_level=3):
@@ -352,3 +362,14 @@ def test_weights_marked_layout_free_as_tvm_prepack_pipeline_does(convnet_bytes: 
     assert list(conv.attrs["layout_free_buffers"]) == [1, 2]  # the weight and the bias, not the input
     cuda = fuse_for_tuning(mod, as_target({"kind": "cuda", "arch": "sm_80"}))
     assert all("layout_free_buffers" not in (f.attrs or {}) for f in prim_funcs(cuda).values())
+
+
+def test_cpu_convolutions_run_channels_last(convnet_bytes: bytes, cpu_target: dict[str, Any]) -> None:
+    """On CPU the conv reads NHWC (output channels innermost, where schedules vectorise); elsewhere ONNX's NCHW."""
+
+    def conv_input_shape(target: dict[str, Any]) -> list[int]:
+        conv = {w.name: w for w in extract_workloads(convnet_bytes, None, target)}["fused_conv2d_add_relu"]
+        return json.loads(conv.args_info_json)[0][2]
+
+    assert conv_input_shape(cpu_target) == [1, 32, 32, 3]
+    assert conv_input_shape({"kind": "cuda", "arch": "sm_80"}) == [1, 3, 32, 32]
