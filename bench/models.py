@@ -239,26 +239,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from workers.detect import detect_cpu_target
 
-        result = run_profile(args.profile, args.cache, args.configs, detect_cpu_target(), workdir / "profile")
-        out = args.out or RESULTS / f"models_profile_{args.profile}.json"
-    else:
-        names = [n.strip() for n in args.models.split(",") if n.strip()]
-        unknown = [n for n in names if n not in ZOO]
-        if unknown:
-            p.error(f"unknown models {unknown}; choose from {list(ZOO)}")
-        quick = checkpoints[-1] < DEFAULT_CHECKPOINTS[-1]
-        out = args.out or RESULTS / ("models_quick.json" if quick else "models.json")
-        tuned = tune_all(names, args.cache, workdir, checkpoints, resume=args.resume,
-                         trials_per_round=args.trials_per_round)
-        results: list[dict[str, Any]] = []
-        for r in tuned:  # the JSON is rewritten after each model, so an interrupted run keeps what it timed
-            results.append(time_model(r, workdir, args.rounds))
-            result = {"checkpoints_min": checkpoints, "complete": len(results) == len(tuned), "models": results,
-                      "summary": summarize(results, checkpoints)}
-            _write(out, result)
-        print(json.dumps(result["summary"], indent=1))
+        profiled = run_profile(args.profile, args.cache, args.configs, detect_cpu_target(), workdir / "profile")
+        _write(args.out or RESULTS / f"models_profile_{args.profile}.json", profiled)
         return 0
-    _write(out, result)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ZOO]
+    if unknown or not names:
+        p.error(f"unknown models {unknown or names}; choose from {list(ZOO)}")
+    quick = checkpoints[-1] < DEFAULT_CHECKPOINTS[-1]
+    out = args.out or RESULTS / ("models_quick.json" if quick else "models.json")
+    tuned = tune_all(names, args.cache, workdir, checkpoints, resume=args.resume,
+                     trials_per_round=args.trials_per_round)
+    results: list[dict[str, Any]] = []
+    for r in tuned:  # the JSON is rewritten after each model, so an interrupted run keeps what it timed
+        results.append(time_model(r, workdir, args.rounds))
+        _write(out, {"checkpoints_min": checkpoints, "complete": len(results) == len(tuned), "models": results,
+                     "summary": summarize(results, checkpoints)})
+    print(json.dumps(summarize(results, checkpoints), indent=1))
     return 0
 
 
